@@ -1,0 +1,1 @@
+"""Temperature scaling, threshold / guardrail sweeps and risk control (issue 3)."""

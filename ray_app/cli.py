@@ -1,0 +1,201 @@
+"""`ray-app` command line: one dispatch table, every command with an example.
+
+User errors (config, data, arguments) print one clear message and exit 2 with no
+traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray_app.errors import UserError
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    example: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config (see configs/)")
+    parser.add_argument(
+        "-o",
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value by dotted path (repeatable)",
+    )
+
+
+def _load(args: argparse.Namespace):  # -> (AppConfig, Run)
+    from ray_app.config import load_config
+    from ray_app.runs import Run
+
+    cfg = load_config(args.config, args.override)
+    return cfg, Run.for_config(cfg)
+
+
+def _print_splits(run) -> None:  # noqa: ANN001
+    summary = json.loads((run.splits_dir / "splits.json").read_text())
+    print(f"splits of {summary['num_rows_used']} rows ({len(summary['label_names'])} classes, seed {summary['seed']}):")
+    for split, info in summary["splits"].items():
+        counts = info["class_counts"].values()
+        print(f"  {split:<11} {info['count']:>7}  per class {min(counts)}..{max(counts)}")
+    dup = summary["duplicates"]
+    if dup["duplicate_groups"]:
+        print(
+            f"  duplicates: {dup['duplicate_rows']} rows in {dup['duplicate_groups']} groups, "
+            f"kept within one split ({dup['conflicting_label_groups']} with conflicting labels)"
+        )
+    print(f"  -> {run.splits_dir / 'splits.json'}")
+
+
+def cmd_splits(args: argparse.Namespace) -> int:
+    from ray_app.pipeline import ensure_splits, init_ray
+
+    cfg, run = _load(args)
+    init_ray(cfg)
+    ensure_splits(cfg, run, force=args.force)
+    print(f"run {run.name}")
+    _print_splits(run)
+    return 0
+
+
+def _add_splits_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_arguments(parser)
+    parser.add_argument("--force", action="store_true", help="rewrite splits even if they match")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ray_app.pipeline import ensure_splits, init_ray, run_training, resolve_input_spec
+
+    cfg, run = _load(args)
+    resolve_input_spec(cfg)  # a backbone that cannot load stops before any Ray work
+    init_ray(cfg)
+    reader = ensure_splits(cfg, run)
+    print(f"run {run.name}: training {cfg.training.mode} for up to {cfg.training.epochs} epochs "
+          f"on {cfg.scaling.num_workers} worker(s)")
+    info = run_training(cfg, run, reader)
+    best = ", ".join(f"{k}={v:.4f}" for k, v in info["best"].items())
+    print(f"done in {info['seconds']:.1f}s: {info['epochs_run']} epoch(s), best epoch {info['best_epoch']} ({best})")
+    if info.get("resumed_at"):
+        print(f"  resumed after worker failure at epoch(s) {info['resumed_at']}")
+    print(f"  metrics:     {run.train_dir / 'metrics.csv'}")
+    print(f"  model:       {run.train_dir / 'model'}")
+    print(f"  predictions: {run.train_dir / 'predictions'} (val_calib, val_test logits)")
+    return 0
+
+
+def _runs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["list", "show"], help="list all runs, or show one")
+    parser.add_argument("name", nargs="?", help="run name or directory (for show)")
+    parser.add_argument("--root", default="./runs", help="runs root to scan (default ./runs)")
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from ray_app.runs import find_runs, resolve_run
+
+    root = Path(args.root)
+    if args.action == "list":
+        runs = find_runs(root)
+        if not runs:
+            print(f"no runs under {root}")
+            return 0
+        print(f"{'run':<48} {'splits':<10} {'train':<10} {'best val_select':<24} created")
+        for run in runs:
+            meta = run.metadata()
+            stages = meta.get("stages", {})
+            best = stages.get("train", {}).get("best", {})
+            shown = ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in best.items() if "loss" not in k)
+            print(
+                f"{run.name:<48} {stages.get('splits', {}).get('status', '-'):<10} "
+                f"{stages.get('train', {}).get('status', '-'):<10} {shown or '-':<24} {meta.get('created', '-')}"
+            )
+        return 0
+    if not args.name:
+        raise UserError("runs show needs a run name: ray-app runs show <name>")
+    run = resolve_run(args.name, root)
+    meta = run.metadata()
+    print(f"run {run.name} ({run.root})")
+    print(f"  created {meta.get('created')}, config {meta.get('config_fingerprint')}")
+    for stage, info in meta.get("stages", {}).items():
+        extra = f", error: {info['error']}" if info.get("error") else ""
+        print(f"  {stage:<8} {info.get('status')} ({info.get('seconds', '-')}s){extra}")
+    if (run.splits_dir / "splits.json").is_file():
+        _print_splits(run)
+    metrics = run.train_dir / "metrics.jsonl"
+    if metrics.is_file():
+        print("  epoch  train/loss  val_select/loss  accuracy  macro_f1")
+        for line in metrics.read_text().splitlines():
+            row = json.loads(line)
+            print(
+                f"  {row['epoch']:>5}  {row['train/loss']:>10.4f}  {row['val_select/loss']:>15.4f}"
+                f"  {row['val_select/accuracy']:>8.4f}  {row['val_select/macro_f1']:>8.4f}"
+            )
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "splits": Command(
+        help="read the dataset with Ray Data and write deterministic stratified splits",
+        example="ray-app splits configs/digits.yaml -o seed=1",
+        add_arguments=_add_splits_arguments,
+        handler=cmd_splits,
+    ),
+    "train": Command(
+        help="train a classifier on Ray Train (makes the splits first if needed)",
+        example="ray-app train configs/digits.yaml -o training.epochs=2 -o scaling.num_workers=2",
+        add_arguments=_config_arguments,
+        handler=cmd_train,
+    ),
+    "runs": Command(
+        help="list runs or show one (found by scanning the runs root)",
+        example="ray-app runs list  |  ray-app runs show <run-name>",
+        add_arguments=_runs_arguments,
+        handler=cmd_runs,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ray-app",
+        description="Train, calibrate and serve Hugging Face classifiers on Ray.",
+        epilog="example: ray-app train configs/digits.yaml",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        child = sub.add_parser(
+            name,
+            help=command.help,
+            description=command.help,
+            epilog=f"example: {command.example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_arguments(child)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].handler(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

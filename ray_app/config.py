@@ -1,0 +1,336 @@
+"""The application config: one pydantic model validated all at once.
+
+`load_config(path, overrides)` reads a YAML preset, applies `-o dotted.key=value`
+overrides and validates everything in one pass, so the user sees every problem with
+its dotted path in a single ConfigError (exit 2) rather than one per attempt.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from ray_app.errors import ConfigError
+from trainers.config import ModelConfig, ScalingConfig, StrictModel, TrainingConfig
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "val_select", "val_calib", "val_test")
+IMAGE_SOURCES = {"sklearn_digits", "image_folder"}
+TEXT_SOURCES = {"csv", "jsonl"}
+
+
+class SourceConfig(StrictModel):
+    kind: Literal["sklearn_digits", "parquet", "image_folder", "csv", "jsonl"] = Field(
+        default="sklearn_digits",
+        description="sklearn_digits: the 8x8 digits that ship with scikit-learn (no "
+        "download). parquet: image bytes or text + label columns. image_folder: "
+        "root/<class>/<file>.png|jpg. csv / jsonl: a text column and a label column.",
+    )
+    path: str | None = Field(
+        default=None,
+        description="File, directory or URI of the data (all kinds but sklearn_digits).",
+    )
+    image_column: str | None = Field(
+        default=None, description="Column of encoded image bytes (parquet)."
+    )
+    text_column: str | None = Field(
+        default=None, description="Column of text (parquet, csv, jsonl; default 'text' for csv/jsonl)."
+    )
+    label_column: str = Field(default="label", description="Column holding the class label.")
+
+    @model_validator(mode="after")
+    def _columns_fit_kind(self) -> SourceConfig:
+        if self.kind != "sklearn_digits" and not self.path:
+            raise ValueError(f"data.source.path is required for kind '{self.kind}'")
+        if self.kind == "parquet" and (self.image_column is None) == (self.text_column is None):
+            raise ValueError("parquet sources need exactly one of image_column or text_column")
+        if self.kind in TEXT_SOURCES and self.image_column is not None:
+            raise ValueError(f"{self.kind} sources hold text: use text_column, not image_column")
+        if self.kind in IMAGE_SOURCES and self.text_column is not None:
+            raise ValueError(f"{self.kind} sources hold images: text_column does not apply")
+        return self
+
+    @property
+    def modality(self) -> Literal["image", "text"]:
+        if self.kind in IMAGE_SOURCES or (self.kind == "parquet" and self.image_column):
+            return "image"
+        return "text"
+
+
+class SplitRatios(StrictModel):
+    train: float = Field(default=0.6, gt=0.0, lt=1.0, description="Share used for training.")
+    val_select: float = Field(
+        default=0.15, gt=0.0, lt=1.0, description="Share for early stopping and model choice."
+    )
+    val_calib: float = Field(
+        default=0.1, gt=0.0, lt=1.0, description="Share for calibration, thresholds, risk control."
+    )
+    val_test: float = Field(default=0.15, gt=0.0, lt=1.0, description="Share for final metrics only.")
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitRatios:
+        total = sum(self.as_dict().values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split ratios must sum to 1.0, got {total:.6g}")
+        return self
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in SPLIT_NAMES}
+
+
+class SplitsConfig(StrictModel):
+    ratios: SplitRatios = Field(default_factory=SplitRatios, description="Share of each split.")
+    stratify: bool = Field(
+        default=True, description="Keep each class's share equal across the four splits."
+    )
+    max_samples: int | None = Field(
+        default=None,
+        ge=4,
+        description="Keep a deterministic, seeded subsample of this many rows (smoke runs).",
+    )
+
+
+class DataConfig(StrictModel):
+    source: SourceConfig = Field(default_factory=SourceConfig, description="Where the data is.")
+    splits: SplitsConfig = Field(default_factory=SplitsConfig, description="How it is split.")
+
+
+class StorageConfig(StrictModel):
+    root: str = Field(
+        default="./runs",
+        description="Directory holding runs/<name>/. On a multi-node cluster it must be "
+        "shared storage (NFS) that every node sees at the same path.",
+    )
+
+
+class RayInitConfig(StrictModel):
+    address: str | None = Field(
+        default=None,
+        description="Ray cluster to connect to. Null: RAY_ADDRESS if set (as under "
+        "`ray job submit`), else a local Ray started in-process.",
+    )
+    num_cpus: int | None = Field(
+        default=None,
+        ge=1,
+        description="Logical CPUs of the local Ray (default: enough for the workers "
+        "plus one for Ray Data, at least the machine's cores).",
+    )
+
+
+class AppConfig(StrictModel):
+    seed: int = Field(default=0, ge=0, description="Seed for splits, initialisation and shuffling.")
+    name_pattern: str = Field(
+        default="{dataset}_{family}_{mode}_lr{training.lr}_s{seed}",
+        description="Run directory name. Placeholders: {dataset}, {family} (backbone "
+        "model_type), {backbone}, {mode}, {seed}, or any dotted config path such as "
+        "{training.lr}.",
+    )
+    data: DataConfig = Field(default_factory=DataConfig, description="Dataset and splits.")
+    model: ModelConfig = Field(description="Backbone, head and preprocessing.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="The training loop.")
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="Ray Train workers.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Where runs live.")
+    ray: RayInitConfig = Field(default_factory=RayInitConfig, description="How to reach Ray.")
+
+    @model_validator(mode="after")
+    def _cross_section_rules(self) -> AppConfig:
+        problems: list[str] = []
+        if self.data.source.modality == "text" and self.model.backbone.config is not None:
+            if self.model.preprocessing.tokenizer is None:
+                problems.append(
+                    "a text dataset on a backbone built from model.backbone.config needs "
+                    "model.preprocessing.tokenizer (a local tokenizer directory)"
+                )
+        unknown = [f for f in name_placeholders(self.name_pattern) if not _placeholder_ok(self, f)]
+        if unknown:
+            problems.append(
+                f"name_pattern uses unknown placeholder(s) {unknown}; use "
+                f"{sorted(DERIVED_PLACEHOLDERS)} or a dotted config path like training.lr"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """The full config with every default filled in: what `config.yaml` records."""
+        return self.model_dump(mode="json")
+
+    def fingerprint(self, *sections: str) -> str:
+        """Stable hash of the given top-level sections (all when none): decides whether
+        a stage's earlier output still matches the config."""
+        full = self.resolved_dict()
+        chosen = {k: full[k] for k in sections} if sections else full
+        blob = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --- run name pattern ---------------------------------------------------------------
+
+DERIVED_PLACEHOLDERS = {"dataset", "family", "backbone", "mode", "seed"}
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+
+
+def name_placeholders(pattern: str) -> list[str]:
+    return _PLACEHOLDER.findall(pattern)
+
+
+def _lookup_dotted(config: dict[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def _placeholder_ok(cfg: AppConfig, field: str) -> bool:
+    if field in DERIVED_PLACEHOLDERS:
+        return True
+    try:
+        _lookup_dotted(cfg.model_dump(mode="json"), field)
+    except KeyError:
+        return False
+    return True
+
+
+def _backbone_names(cfg: AppConfig) -> tuple[str, str]:
+    """(family, backbone) for the name pattern: e.g. ('vit', 'vit-h64-l4')."""
+    backbone = cfg.model.backbone
+    if backbone.config is not None:
+        family = str(backbone.config["model_type"])
+        hidden = backbone.config.get("hidden_size")
+        layers = backbone.config.get("num_hidden_layers")
+        size = "".join(s for s in (f"-h{hidden}" if hidden else "", f"-l{layers}" if layers else ""))
+        return family, f"{family}{size}"
+    short = Path(str(backbone.id).rstrip("/")).name
+    return short.split("-")[0].lower(), short
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def run_name(cfg: AppConfig) -> str:
+    family, backbone = _backbone_names(cfg)
+    derived = {
+        "dataset": cfg.data.source.kind
+        if cfg.data.source.kind == "sklearn_digits"
+        else Path(str(cfg.data.source.path).rstrip("/")).stem,
+        "family": family,
+        "backbone": backbone,
+        "mode": cfg.training.mode,
+        "seed": cfg.seed,
+    }
+    full = cfg.model_dump(mode="json")
+
+    def substitute(match: re.Match[str]) -> str:
+        field = match.group(1)
+        value = derived[field] if field in derived else _lookup_dotted(full, field)
+        return _format_value(value)
+
+    name = _PLACEHOLDER.sub(substitute, cfg.name_pattern)
+    # Run names become directory names: keep them portable.
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "run"
+
+
+# --- loading ------------------------------------------------------------------------
+
+
+def parse_overrides(overrides: list[str]) -> tuple[list[tuple[list[str], Any]], list[str]]:
+    """`a.b=value` strings -> (path, YAML-parsed value) pairs, plus syntax problems."""
+    parsed: list[tuple[list[str], Any]] = []
+    problems: list[str] = []
+    for raw in overrides:
+        key, sep, value_text = raw.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(
+                f"override '{raw}': expected dotted.key=value, e.g. -o training.epochs=2"
+            )
+            continue
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else None
+        except yaml.YAMLError as exc:
+            problems.append(
+                f"override '{raw}': value is not valid YAML ({exc.problem}); quote "
+                f"strings that look like YAML, e.g. {key}='{value_text}'"
+            )
+            continue
+        parsed.append((key.split("."), value))
+    return parsed, problems
+
+
+def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> str | None:
+    node = tree
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            return f"override '{'.'.join(path)}': '{'.'.join(path[: i + 1])}' is not a section"
+        node = child
+    node[path[-1]] = value
+    return None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        parent = list(error["loc"][:-1])
+        known = _known_fields(parent)
+        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+        return f"{loc}: unknown key{hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    got = error.get("input")
+    shown = "" if isinstance(got, dict) or error["type"] == "missing" else f" (got {got!r})"
+    return f"{loc}: {message}{shown}"
+
+
+def _known_fields(path: list[Any]) -> list[str]:
+    model: Any = AppConfig
+    for part in path:
+        field = getattr(model, "model_fields", {}).get(str(part))
+        if field is None:
+            return []
+        model = field.annotation
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> AppConfig:
+    try:
+        return AppConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_describe(e) for e in exc.errors()], source) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> AppConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file '{path}' does not exist"], str(path))
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(["the top level must be a mapping of sections"], str(path))
+    parsed, problems = parse_overrides(overrides or [])
+    for key_path, value in parsed:
+        problem = _apply_override(raw, key_path, value)
+        if problem:
+            problems.append(problem)
+    try:
+        cfg = validate_config(raw, str(path))
+    except ConfigError as exc:
+        raise ConfigError(problems + exc.problems, str(path)) from None
+    if problems:
+        raise ConfigError(problems, str(path))
+    return cfg

@@ -1,0 +1,174 @@
+"""Run directories and their metadata.
+
+`runs/<name>/` holds `config.yaml` (resolved), `metadata.json` (per-stage status,
+timings, versions, config fingerprints), and one directory per stage. Runs are found
+by scanning for `metadata.json`, so a run trained anywhere shows up once its directory
+is under the runs root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ray_app.config import AppConfig, run_name
+from ray_app.errors import UserError
+
+METADATA = "metadata.json"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def library_versions() -> dict[str, str]:
+    import pydantic
+    import ray
+    import torch
+    import transformers
+
+    from ray_app import __version__
+
+    return {
+        "ray_app": __version__,
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "pydantic": pydantic.__version__,
+    }
+
+
+class Run:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.name = root.name
+
+    @classmethod
+    def for_config(cls, cfg: AppConfig) -> Run:
+        return cls(Path(cfg.storage.root) / run_name(cfg))
+
+    # --- layout ---
+    @property
+    def splits_dir(self) -> Path:
+        return self.root / "splits"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.root / METADATA
+
+    def exists(self) -> bool:
+        return self.metadata_path.is_file()
+
+    # --- metadata ---
+    def metadata(self) -> dict[str, Any]:
+        if not self.exists():
+            return {}
+        return json.loads(self.metadata_path.read_text())
+
+    def update_metadata(self, **fields: Any) -> dict[str, Any]:
+        meta = self.metadata()
+        meta.update(fields)
+        write_json_atomic(self.metadata_path, meta)
+        return meta
+
+    def stage_info(self, stage: str) -> dict[str, Any]:
+        return self.metadata().get("stages", {}).get(stage, {})
+
+    def stage_complete(self, stage: str, fingerprint: str) -> bool:
+        info = self.stage_info(stage)
+        return info.get("status") == "complete" and info.get("fingerprint") == fingerprint
+
+    def _set_stage(self, stage: str, **fields: Any) -> None:
+        meta = self.metadata()
+        meta.setdefault("stages", {}).setdefault(stage, {}).update(fields)
+        write_json_atomic(self.metadata_path, meta)
+
+    def prepare(self, cfg: AppConfig) -> None:
+        """Create the run directory (or adopt an existing one) with the resolved config."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "config.yaml").write_text(
+            yaml.safe_dump(cfg.resolved_dict(), sort_keys=False)
+        )
+        meta = self.metadata()
+        meta.setdefault("name", self.name)
+        meta.setdefault("created", _now())
+        meta.setdefault("stages", {})
+        meta["config_fingerprint"] = cfg.fingerprint()
+        meta["versions"] = library_versions()
+        write_json_atomic(self.metadata_path, meta)
+
+    @contextmanager
+    def stage(self, stage: str, fingerprint: str) -> Iterator[dict[str, Any]]:
+        """Mark a stage running, then complete (with the returned details) or failed.
+
+        The yielded dict collects details the stage wants recorded (metrics, reads...).
+        A stage only ever reads `complete` once its outputs are fully written."""
+        details: dict[str, Any] = {}
+        started = time.monotonic()
+        self._set_stage(
+            stage, status="running", started=_now(), fingerprint=fingerprint, error=None
+        )
+        try:
+            yield details
+        except BaseException as exc:
+            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self._set_stage(
+                stage,
+                status=status,
+                finished=_now(),
+                seconds=round(time.monotonic() - started, 2),
+                error=f"{type(exc).__name__}: {exc}"[:2000],
+                **details,
+            )
+            raise
+        self._set_stage(
+            stage,
+            status="complete",
+            finished=_now(),
+            seconds=round(time.monotonic() - started, 2),
+            **details,
+        )
+
+
+def find_runs(root: Path) -> list[Run]:
+    if not root.is_dir():
+        return []
+    return sorted(
+        (Run(p.parent) for p in root.glob(f"**/{METADATA}") if "ray_storage" not in p.parts),
+        key=lambda r: r.name,
+    )
+
+
+def resolve_run(name_or_path: str, root: Path) -> Run:
+    direct = Path(name_or_path)
+    for candidate in (direct, root / name_or_path):
+        if (candidate / METADATA).is_file():
+            return Run(candidate)
+    matches = [r for r in find_runs(root) if r.name == name_or_path]
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(r.name for r in find_runs(root)) or "none"
+    raise UserError(
+        f"no run named '{name_or_path}' under '{root}' (runs found: {known}); "
+        "pass a run name, a run directory, or --root"
+    )

@@ -1,0 +1,256 @@
+"""Deterministic, stratified four-way splits and the split contract.
+
+Planning is a pure function of (content hash, label) pairs and the seed, so it does
+not depend on the order Ray Data happens to read files in: rows are grouped by content
+hash (exact duplicates stay together, so they can never leak across splits), each
+class's groups are ordered by a seeded hash, and each class is cut by largest
+remainder with at least one group per split. Same data + seed => byte-identical
+`splits.json`.
+
+The split contract says which stage may read which split; `SplitReader` is the only
+way the pipeline reads split data, and it refuses (and records) everything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.data
+
+from ray_app.config import SPLIT_NAMES, SplitsConfig, SourceConfig
+from ray_app.errors import DataError, SplitContractError
+
+SPLITS_FORMAT_VERSION = 1
+
+# Which stage may read which split. Training chooses its checkpoint on val_select; the
+# post-training "predict" step only runs the chosen, frozen model over val_calib and
+# val_test to export their logits; calibration fits on val_calib alone; evaluation
+# reports on val_test alone.
+STAGE_SPLITS: dict[str, frozenset[str]] = {
+    "train": frozenset({"train", "val_select"}),
+    "predict": frozenset({"val_calib", "val_test"}),
+    "calibrate": frozenset({"val_calib"}),
+    "evaluate": frozenset({"val_test"}),
+}
+
+
+def label_order(labels: list[str]) -> list[str]:
+    """Class names in a stable, human order: numerically when all are integers."""
+    unique = sorted(set(labels))
+    if all(_is_int(x) for x in unique):
+        return sorted(unique, key=int)
+    return unique
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def allocate(n: int, ratios: list[float]) -> list[int]:
+    """Split n items by ratios (largest remainder), at least one per part. n >= len(ratios)."""
+    exact = [n * r for r in ratios]
+    counts = [max(1, math.floor(e)) for e in exact]
+    while sum(counts) > n:  # the minimum of one per part overshot: take from the largest
+        counts[counts.index(max(counts))] -= 1
+    order = sorted(range(len(ratios)), key=lambda i: (counts[i] - exact[i], i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _seeded_key(seed: int, content_hash: str) -> str:
+    return hashlib.sha256(f"{seed}:{content_hash}".encode()).hexdigest()
+
+
+def _rows_digest(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    assignment: dict[str, str]  # content hash -> split name (absent: subsampled out)
+    label_names: list[str]
+    summary: dict[str, Any]  # the content of splits.json
+
+    def to_json(self) -> str:
+        return json.dumps(self.summary, indent=2, sort_keys=True) + "\n"
+
+
+def plan_splits(
+    content_hashes: list[str],
+    labels: list[str],
+    config: SplitsConfig,
+    seed: int,
+    source: SourceConfig | None = None,
+) -> SplitPlan:
+    if len(content_hashes) != len(labels):
+        raise ValueError("content_hashes and labels differ in length")
+    label_names = label_order(labels)
+    if len(label_names) < 2:
+        found = label_names[0] if label_names else "none"
+        raise DataError(
+            f"the data has a single class ({found!r}); a classifier needs at least two. "
+            "Check data.source.label_column."
+        )
+
+    rows_per_hash = Counter(content_hashes)
+    labels_per_hash: dict[str, set[str]] = defaultdict(set)
+    for h, label in zip(content_hashes, labels, strict=True):
+        labels_per_hash[h].add(label)
+    rank = {name: i for i, name in enumerate(label_names)}
+    # A duplicate group with conflicting labels is stratified by its first label.
+    group_label = {h: min(ls, key=rank.__getitem__) for h, ls in labels_per_hash.items()}
+
+    groups_by_class: dict[str, list[str]] = defaultdict(list)
+    for h, label in group_label.items():
+        groups_by_class[label if config.stratify else "*"].append(h)
+    for groups in groups_by_class.values():
+        groups.sort(key=lambda h: _seeded_key(seed, h))
+
+    if config.max_samples is not None and config.max_samples < len(content_hashes):
+        keep_share = config.max_samples / len(content_hashes)
+        for key, groups in groups_by_class.items():
+            quota = max(len(SPLIT_NAMES), round(len(groups) * keep_share))
+            groups_by_class[key] = groups[:quota]
+
+    too_small = {
+        k: len(g) for k, g in groups_by_class.items() if len(g) < len(SPLIT_NAMES)
+    }
+    if too_small:
+        listed = ", ".join(f"{k!r}: {n}" for k, n in sorted(too_small.items()))
+        raise DataError(
+            f"class(es) too small to stratify into {len(SPLIT_NAMES)} splits "
+            f"(distinct samples per class: {listed}); each class needs at least "
+            f"{len(SPLIT_NAMES)}. Add samples, drop the class, or set "
+            "data.splits.stratify: false."
+        )
+
+    ratios = [config.ratios.as_dict()[s] for s in SPLIT_NAMES]
+    assignment: dict[str, str] = {}
+    for key in sorted(groups_by_class):
+        groups = groups_by_class[key]
+        start = 0
+        for split, count in zip(SPLIT_NAMES, allocate(len(groups), ratios), strict=True):
+            for h in groups[start : start + count]:
+                assignment[h] = split
+            start += count
+
+    per_split_lines: dict[str, list[str]] = {s: [] for s in SPLIT_NAMES}
+    per_split_classes: dict[str, Counter[str]] = {s: Counter() for s in SPLIT_NAMES}
+    for h, label in zip(content_hashes, labels, strict=True):
+        split = assignment.get(h)
+        if split is not None:
+            per_split_lines[split].append(f"{h}\t{label}")
+            per_split_classes[split][label] += 1
+
+    duplicate_groups = [h for h, n in rows_per_hash.items() if n > 1]
+    splits_of_hash = {h: {assignment[h]} for h in duplicate_groups if h in assignment}
+    summary: dict[str, Any] = {
+        "format_version": SPLITS_FORMAT_VERSION,
+        "seed": seed,
+        "ratios": config.ratios.as_dict(),
+        "stratify": config.stratify,
+        "max_samples": config.max_samples,
+        "source": source.model_dump(mode="json") if source else None,
+        "source_fingerprint": _rows_digest(
+            [f"{h}\t{label}" for h, label in zip(content_hashes, labels, strict=True)]
+        ),
+        "num_rows": len(content_hashes),
+        "num_rows_used": sum(len(v) for v in per_split_lines.values()),
+        "label_names": label_names,
+        "duplicates": {
+            "duplicate_groups": len(duplicate_groups),
+            "duplicate_rows": sum(rows_per_hash[h] for h in duplicate_groups),
+            "conflicting_label_groups": sum(1 for ls in labels_per_hash.values() if len(ls) > 1),
+            # Duplicates are grouped before splitting, so this is 0 by construction;
+            # recorded so a reader of splits.json need not take that on trust.
+            "across_splits": sum(1 for s in splits_of_hash.values() if len(s) > 1),
+        },
+        "splits": {
+            s: {
+                "count": len(per_split_lines[s]),
+                "class_counts": {n: per_split_classes[s][n] for n in label_names},
+                "content_hash": _rows_digest(per_split_lines[s]),
+            }
+            for s in SPLIT_NAMES
+        },
+    }
+    return SplitPlan(assignment=assignment, label_names=label_names, summary=summary)
+
+
+def _tag_rows(
+    batch: dict[str, np.ndarray], assignment: dict[str, str], label_ids: dict[str, int], split: str
+) -> dict[str, np.ndarray]:
+    keep = np.array([assignment.get(h) == split for h in batch["content_hash"]], dtype=bool)
+    out = {k: v[keep] for k, v in batch.items() if k != "error"}
+    out["label_id"] = np.array([label_ids[x] for x in out["label"]], dtype=np.int64)
+    return out
+
+
+def write_splits(inspected: ray.data.Dataset, plan: SplitPlan, splits_dir: Path) -> None:
+    """Write each split as Parquet under splits_dir/<split>/ plus splits.json.
+
+    Written into a sibling temp directory and renamed at the end, so an interrupted
+    write never leaves a splits/ directory that looks complete."""
+    tmp_dir = splits_dir.with_name(splits_dir.name + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    label_ids = {name: i for i, name in enumerate(plan.label_names)}
+    assignment_ref = ray.put(plan.assignment)  # one copy in the object store, not per task
+    for split in SPLIT_NAMES:
+        inspected.map_batches(
+            _tag_rows_from_ref,
+            fn_kwargs={"assignment_ref": assignment_ref, "label_ids": label_ids, "split": split},
+            batch_format="numpy",
+        ).write_parquet(str((tmp_dir / split).resolve()))
+    (tmp_dir / "splits.json").write_text(plan.to_json())
+    shutil.rmtree(splits_dir, ignore_errors=True)
+    tmp_dir.rename(splits_dir)
+
+
+def _tag_rows_from_ref(batch: dict[str, np.ndarray], assignment_ref: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+    return _tag_rows(batch, ray.get(assignment_ref), **kwargs)
+
+
+class SplitReader:
+    """The one way stages read split data. Refuses reads the contract forbids and
+    records every allowed read in `reads` (stage -> splits), which the run's
+    metadata keeps as evidence."""
+
+    def __init__(self, splits_dir: Path) -> None:
+        self.splits_dir = splits_dir
+        self.reads: dict[str, list[str]] = defaultdict(list)
+
+    def summary(self) -> dict[str, Any]:
+        return json.loads((self.splits_dir / "splits.json").read_text())
+
+    def read(self, split: str, stage: str) -> ray.data.Dataset:
+        check_access(split, stage)
+        if split not in self.reads[stage]:
+            self.reads[stage].append(split)
+        return ray.data.read_parquet(str((self.splits_dir / split).resolve()))
+
+
+def check_access(split: str, stage: str) -> None:
+    if split not in SPLIT_NAMES:
+        raise SplitContractError(f"unknown split '{split}'; splits are {SPLIT_NAMES}")
+    allowed = STAGE_SPLITS.get(stage)
+    if allowed is None:
+        raise SplitContractError(f"unknown stage '{stage}'; stages are {sorted(STAGE_SPLITS)}")
+    if split not in allowed:
+        raise SplitContractError(
+            f"split contract: stage '{stage}' may not read '{split}' (it may read "
+            f"{sorted(allowed)})"
+        )

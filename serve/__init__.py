@@ -1,0 +1,1 @@
+"""Bundle export / load / verify and the Ray Serve deployment (issue 4)."""

@@ -1,0 +1,133 @@
+"""Ray Train on a local Ray with tiny backbones: the shared smoke run answers most
+questions; failure/resume, two workers and early stopping each need a run of their own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ray_app.pipeline import FAIL_AT_EPOCH_ENV, ensure_splits, resolve_input_spec, run_training
+from ray_app.runs import Run
+from tests.conftest import smoke_config
+from trainers.baseline import LoopParams, fit_baseline
+from trainers.model import build_classifier, load_classifier
+from trainers.preprocess import preprocess_image_batch
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def history(run: Run) -> list[dict]:
+    return [json.loads(x) for x in (run.train_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_smoke_run_metrics_one_row_per_epoch(smoke_run) -> None:
+    cfg, run = smoke_run
+    rows = history(run)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    csv_lines = (run.train_dir / "metrics.csv").read_text().splitlines()
+    assert len(csv_lines) == 1 + 3 and "val_select/accuracy" in csv_lines[0]
+    for row in rows:
+        assert 0.0 <= row["val_select/accuracy"] <= 1.0 and row["val_select/loss"] > 0
+        assert row["train/samples"] == json.loads((run.splits_dir / "splits.json").read_text())["splits"]["train"]["count"]
+    assert rows[-1]["train/loss"] < rows[0]["train/loss"]  # it learns
+    accuracies = [r["val_select/accuracy"] for r in rows]
+    info = run.stage_info("train")
+    assert info["status"] == "complete" and info["epochs_run"] == 3
+    assert info["best_epoch"] == int(np.argmax(accuracies))  # first best epoch wins
+    assert run.metadata()["stages"]["splits"]["status"] == "complete"
+
+
+def test_smoke_run_checkpoints_are_kept_best_and_latest(smoke_run) -> None:
+    _, run = smoke_run
+    checkpoints = sorted(p for p in (run.train_dir / "ray_storage").glob("*/checkpoint_*") if p.is_dir())
+    assert 1 <= len(checkpoints) <= 2  # checkpoints_to_keep=2: the best and the latest
+    for checkpoint in checkpoints:
+        assert {"model.safetensors", "optimizer.pt", "train_state.json"} <= {p.name for p in checkpoint.iterdir()}
+    epochs = {json.loads((c / "train_state.json").read_text())["epoch"] for c in checkpoints}
+    assert 3 in epochs  # the latest (after epoch index 2) is always kept
+
+
+def test_smoke_run_logits_come_from_the_selected_model(smoke_run) -> None:
+    cfg, run = smoke_run
+    summary = json.loads((run.splits_dir / "splits.json").read_text())
+    model, spec = load_classifier(run.train_dir / "model")
+    assert spec["selected_epoch"] == run.stage_info("train")["best_epoch"]
+    assert run.stage_info("train")["predictions"] == {
+        s: [summary["splits"][s]["count"], 10] for s in ("val_calib", "val_test")
+    }
+    for split in ("val_calib", "val_test"):
+        saved = np.load(run.train_dir / "predictions" / f"{split}.npz", allow_pickle=False)
+        logits, labels = saved["logits"], saved["labels"]
+        assert logits.shape == (summary["splits"][split]["count"], 10) and logits.dtype == np.float32
+        counts = np.bincount(labels, minlength=10).tolist()
+        assert counts == [summary["splits"][split]["class_counts"][n] for n in summary["label_names"]]
+        # recompute in this process from the split's files: same rows, same logits
+        table = pq.read_table(run.splits_dir / split).to_pydict()
+        batch = preprocess_image_batch(
+            {"image": np.array(table["image"], dtype=object), "label_id": np.array(table["label_id"])},
+            resolve_input_spec(cfg),
+        )
+        with torch.no_grad():
+            local = model(pixel_values=torch.as_tensor(batch["pixel_values"])).numpy()
+        order_saved = np.lexsort((logits[:, 0], labels))
+        order_local = np.lexsort((local[:, 0], batch["labels"]))
+        np.testing.assert_allclose(logits[order_saved], local[order_local], atol=1e-5)
+
+
+def test_training_reads_only_train_and_val_select(smoke_run) -> None:
+    _, run = smoke_run
+    assert run.stage_info("train")["reads"] == {"predict": ["val_calib", "val_test"], "train": ["train", "val_select"]}
+
+
+def test_fit_refuses_other_splits() -> None:
+    cfg = smoke_config(Path("/nonexistent"))
+    params = LoopParams(model=cfg.model, training=cfg.training, num_labels=10, train_rows=1, seed=0, metrics_dir="x")
+    with pytest.raises(ValueError, match="exactly train and val_select"):
+        fit_baseline(params, {"train": None, "val_select": None, "val_test": None}, cfg.scaling, Path("/tmp"), "x")
+
+
+def test_killed_worker_resumes_from_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = smoke_config(tmp_path, "training.epochs=3")
+    run = Run.for_config(cfg)
+    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "1")
+    run_training(cfg, run, ensure_splits(cfg, run))
+    rows = history(run)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]  # each epoch exactly once
+    # epoch 0 was trained by the first attempt; after the kill the group restarted
+    # from its checkpoint and trained epochs 1 and 2 only: not from epoch 0 again.
+    assert [r["attempt"] for r in rows] == [0, 1, 1]
+    assert run.stage_info("train")["resumed_at"] == [1]
+
+
+def test_two_workers_with_frozen_backbone(tmp_path: Path) -> None:
+    cfg = smoke_config(tmp_path, "scaling.num_workers=2", "model.freeze_backbone=true", "training.lr=0.01")
+    run = Run.for_config(cfg)
+    run_training(cfg, run, ensure_splits(cfg, run))
+    rows = history(run)
+    train_count = json.loads((run.splits_dir / "splits.json").read_text())["splits"]["train"]["count"]
+    assert all(r["world_size"] == 2 for r in rows)
+    assert all(abs(r["train/samples"] - train_count / 2) <= 1 for r in rows)  # each rank half
+
+    torch.manual_seed(cfg.seed)  # the loop builds its model from this seed
+    initial = build_classifier(cfg.model, 10).state_dict()
+    trained = load_file(run.train_dir / "model" / "model.safetensors")
+    backbone_keys = [k for k in initial if k.startswith("backbone.")]
+    assert backbone_keys and all(torch.equal(initial[k], trained[k]) for k in backbone_keys)
+    assert not torch.equal(initial["head.weight"], trained["head.weight"])  # the head did train
+
+
+def test_early_stopping_stops_and_keeps_the_best(tmp_path: Path) -> None:
+    # An lr too small to change any prediction: accuracy never improves after epoch 0.
+    cfg = smoke_config(tmp_path, "training.epochs=6", "training.lr=1e-12",
+                       "training.early_stopping.patience=2", "training.ema.enabled=true")
+    run = Run.for_config(cfg)
+    run_training(cfg, run, ensure_splits(cfg, run))
+    rows = history(run)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert run.stage_info("train")["best_epoch"] == 0 and run.stage_info("train")["epochs_run"] == 3

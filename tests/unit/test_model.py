@@ -1,0 +1,150 @@
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from transformers import get_cosine_schedule_with_warmup
+
+from trainers.baseline import is_improvement, param_groups, write_metrics_history
+from trainers.checkpoint import load_checkpoint, read_state, save_checkpoint, selected_model
+from trainers.config import ModelConfig
+from trainers.model import build_classifier, load_classifier, save_classifier
+from trainers.preprocess import ImageSpec, decode_image, preprocess_image_batch, resolve_image_spec
+
+TINY_VIT = {
+    "model_type": "vit", "image_size": 8, "patch_size": 4, "num_channels": 1,
+    "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
+}
+TINY_BERT = {
+    "model_type": "bert", "vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 2,
+    "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 32,
+}
+
+
+def model_cfg(**kw) -> ModelConfig:
+    return ModelConfig.model_validate({"backbone": {"config": kw.pop("backbone", TINY_VIT)}, **kw})
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_classifier_shapes_and_no_pooler() -> None:
+    torch.manual_seed(0)
+    model = build_classifier(model_cfg(head="mlp", head_hidden_dim=16), num_labels=5)
+    assert model.backbone.pooler is None  # would otherwise be a grad-less layer under DDP
+    logits = model(pixel_values=torch.randn(3, 1, 8, 8))
+    assert logits.shape == (3, 5)
+
+
+def test_same_seed_same_initial_weights() -> None:
+    torch.manual_seed(4)
+    a = build_classifier(model_cfg(), 3).state_dict()
+    torch.manual_seed(4)
+    b = build_classifier(model_cfg(), 3).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mean_pooling_ignores_padding() -> None:
+    torch.manual_seed(0)
+    model = build_classifier(model_cfg(backbone=TINY_BERT, pooling="mean"), 2).eval()
+    ids = torch.tensor([[5, 6, 7, 0, 0]])
+    short = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        padded = model.pooled_features(input_ids=ids, attention_mask=torch.tensor([[1, 1, 1, 0, 0]]))
+        exact = model.pooled_features(input_ids=short, attention_mask=torch.ones(1, 3, dtype=torch.long))
+    torch.testing.assert_close(padded, exact, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_backbone_has_no_trainable_parameters() -> None:
+    model = build_classifier(model_cfg(freeze_backbone=True), 4)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight", "head.bias"}
+    groups = param_groups(model, 0.1)
+    assert [len(g["params"]) for g in groups] == [1, 1]  # weight decayed, bias not
+
+
+def test_save_and_load_classifier_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = model_cfg(head="mlp", head_hidden_dim=8)
+    model = build_classifier(cfg, 3).eval()
+    save_classifier(model, cfg, ["a", "b", "c"], tmp_path, extra={"selected_epoch": 2})
+    loaded, spec = load_classifier(tmp_path)
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=x), model(pixel_values=x))
+    assert spec["label_names"] == ["a", "b", "c"] and spec["selected_epoch"] == 2
+    assert not list(tmp_path.glob("**/*.pt")) and not list(tmp_path.glob("**/*.bin"))  # no pickle
+
+
+def test_checkpoint_round_trip_with_ema(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_classifier(model_cfg(), 3)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, 2, 10)
+    for _ in range(3):
+        model(pixel_values=torch.randn(2, 1, 8, 8)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+        ema.update_parameters(model)
+    save_checkpoint(tmp_path, model, ema, optimizer, scheduler, {"epoch": 3, "history": [{"epoch": 0}]})
+
+    torch.manual_seed(1)
+    fresh = build_classifier(model_cfg(), 3)
+    fresh_ema = AveragedModel(fresh, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    fresh_sched = get_cosine_schedule_with_warmup(fresh_opt, 2, 10)
+    state = load_checkpoint(tmp_path, fresh, fresh_ema, fresh_opt, fresh_sched)
+    assert state["epoch"] == 3 and read_state(tmp_path)["history"] == [{"epoch": 0}]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    assert int(fresh_ema.n_averaged) == 3  # the EMA keeps its step count across a resume
+    assert fresh_sched.get_last_lr() == scheduler.get_last_lr()
+    assert fresh_opt.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
+
+    chosen = selected_model(tmp_path, build_classifier(model_cfg(), 3), use_ema=True)
+    ema_weights = ema.module.state_dict()
+    assert all(torch.equal(ema_weights[k], v) for k, v in chosen.state_dict().items())
+    assert not torch.equal(chosen.head.weight, model.head.weight)
+
+
+def test_decode_image_resizes_converts_and_normalises() -> None:
+    spec = ImageSpec(image_size=4, num_channels=3, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    grey = np.full((8, 8), 255, dtype=np.uint8)
+    out = decode_image(png(grey), spec)
+    assert out.shape == (3, 4, 4) and out.dtype == np.float32
+    np.testing.assert_allclose(out, 2.0)  # (1.0 - 0.5) / 0.25
+    batch = preprocess_image_batch({"image": np.array([png(grey)] * 2, dtype=object), "label_id": np.array([1, 0])}, spec)
+    assert batch["pixel_values"].shape == (2, 3, 4, 4) and batch["labels"].tolist() == [1, 0]
+
+
+def test_resolve_image_spec_from_backbone_config_and_overrides() -> None:
+    assert resolve_image_spec(model_cfg()) == ImageSpec(8, 1, (0.5,), (0.5,))
+    cfg = model_cfg(preprocessing={"image_size": 16, "image_mean": [0.1], "image_std": [0.2]})
+    assert resolve_image_spec(cfg) == ImageSpec(16, 1, (0.1,), (0.2,))
+    with pytest.raises(ValueError, match="1 channel"):
+        resolve_image_spec(model_cfg(preprocessing={"image_mean": [0.1, 0.1], "image_std": [0.2, 0.2]}))
+
+
+def test_early_stopping_comparison() -> None:
+    assert is_improvement(0.5, None, "max", 0.0)
+    assert is_improvement(0.6, 0.5, "max", 0.05) and not is_improvement(0.54, 0.5, "max", 0.05)
+    assert is_improvement(0.4, 0.5, "min", 0.0) and not is_improvement(0.5, 0.5, "min", 0.0)
+
+
+def test_metrics_history_files(tmp_path: Path) -> None:
+    rows = [{"epoch": 0, "val_select/accuracy": 0.5}, {"epoch": 1, "val_select/accuracy": 0.75}]
+    write_metrics_history(rows, tmp_path)
+    write_metrics_history(rows, tmp_path)  # rewritten, not appended
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x) for x in lines] == rows
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines == ["epoch,val_select/accuracy", "0,0.5", "1,0.75"]

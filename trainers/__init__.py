@@ -1,0 +1,1 @@
+"""Model building (backbone + head) and Ray Train loops. Never imports ray_app."""

@@ -1,0 +1,182 @@
+"""Typed configuration of the model, the training loop and the worker group.
+
+These models live in `trainers` (not `ray_app`) so that the training code can take
+them as arguments without importing the CLI package; `ray_app.config` composes them
+into the full application config.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackboneConfig(StrictModel):
+    id: str | None = Field(
+        default=None,
+        description="Hugging Face model id or local directory, loaded with "
+        "AutoModel.from_pretrained. Offline hosts can only use local directories.",
+    )
+    config: dict[str, Any] | None = Field(
+        default=None,
+        description="Keyword arguments for transformers.AutoConfig.for_model (must "
+        "include model_type). Builds a randomly initialised backbone: how tests and "
+        "the offline default get a model without downloading one.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> BackboneConfig:
+        if (self.id is None) == (self.config is None):
+            raise ValueError("set exactly one of model.backbone.id or model.backbone.config")
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError(
+                "model.backbone.config needs a 'model_type' key (e.g. vit, dinov2, bert)"
+            )
+        return self
+
+
+class PreprocessingConfig(StrictModel):
+    image_size: int | None = Field(
+        default=None,
+        gt=0,
+        description="Side length images are resized to. Default: the backbone's "
+        "image processor, else the backbone config's image_size.",
+    )
+    image_mean: list[float] | None = Field(
+        default=None,
+        description="Per-channel mean subtracted after scaling pixels to [0, 1]. "
+        "Default: the image processor's, else 0.5 per channel.",
+    )
+    image_std: list[float] | None = Field(
+        default=None,
+        description="Per-channel std divided after subtracting the mean. Default: the "
+        "image processor's, else 0.5 per channel.",
+    )
+    tokenizer: str | None = Field(
+        default=None,
+        description="Local directory of a tokenizer for text backbones built from a "
+        "config dict (a backbone given by id uses its own tokenizer).",
+    )
+    max_length: int = Field(
+        default=128, gt=0, description="Token sequence length for text (truncate / pad)."
+    )
+
+    @model_validator(mode="after")
+    def _mean_std_lengths(self) -> PreprocessingConfig:
+        if (self.image_mean is None) != (self.image_std is None):
+            raise ValueError("set both image_mean and image_std, or neither")
+        if self.image_mean is not None and len(self.image_mean) != len(self.image_std or []):
+            raise ValueError("image_mean and image_std must have one value per channel each")
+        if self.image_std is not None and any(s <= 0 for s in self.image_std):
+            raise ValueError("image_std values must be > 0")
+        return self
+
+
+class ModelConfig(StrictModel):
+    backbone: BackboneConfig = Field(description="The Hugging Face encoder to build on.")
+    head: Literal["linear", "mlp"] = Field(
+        default="linear", description="Classifier on the pooled feature."
+    )
+    head_hidden_dim: int = Field(
+        default=256, gt=0, description="Hidden width of the mlp head (unused by linear)."
+    )
+    head_dropout: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Dropout on the pooled feature."
+    )
+    pooling: Literal["cls", "mean"] = Field(
+        default="cls",
+        description="Pooled feature: the first (CLS) token, or the mean over tokens "
+        "(masked by attention_mask for text).",
+    )
+    freeze_backbone: bool = Field(
+        default=False,
+        description="Train the head alone (a linear probe); the backbone stays in eval "
+        "mode and its weights never change.",
+    )
+    preprocessing: PreprocessingConfig = Field(
+        default_factory=PreprocessingConfig,
+        description="Image resize / normalisation and text tokenisation.",
+    )
+
+
+class EmaConfig(StrictModel):
+    enabled: bool = Field(
+        default=False,
+        description="Keep an exponential moving average of the weights; when on, the "
+        "EMA weights are the ones validated, selected and exported.",
+    )
+    decay: float = Field(default=0.999, gt=0.0, lt=1.0, description="EMA decay per step.")
+
+
+class EarlyStoppingConfig(StrictModel):
+    metric: Literal["accuracy", "macro_f1", "loss"] = Field(
+        default="accuracy",
+        description="val_select metric that chooses the checkpoint and drives early "
+        "stopping (loss is minimised, the others maximised).",
+    )
+    patience: int | None = Field(
+        default=None,
+        ge=1,
+        description="Stop after this many epochs without improvement; null never stops early.",
+    )
+    min_delta: float = Field(
+        default=0.0, ge=0.0, description="Smallest change that counts as an improvement."
+    )
+
+    @property
+    def mode(self) -> Literal["max", "min"]:
+        return "min" if self.metric == "loss" else "max"
+
+
+class TrainingConfig(StrictModel):
+    mode: Literal["baseline"] = Field(
+        default="baseline",
+        description="baseline: head (and backbone unless frozen) trained supervised.",
+    )
+    epochs: int = Field(default=10, ge=1, description="Passes over the train split.")
+    batch_size: int = Field(default=64, ge=1, description="Samples per step per worker.")
+    lr: float = Field(default=1e-3, gt=0.0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(
+        default=0.05, ge=0.0, description="AdamW weight decay (not applied to biases and norms)."
+    )
+    warmup_ratio: float = Field(
+        default=0.1, ge=0.0, lt=1.0, description="Fraction of steps with linear warmup before cosine decay."
+    )
+    grad_clip_norm: float | None = Field(
+        default=1.0, gt=0.0, description="Clip the global gradient norm to this; null disables."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="Autocast dtype on GPU (auto: bf16 when supported, else fp16). "
+        "CPU training always runs in fp32.",
+    )
+    ema: EmaConfig = Field(default_factory=EmaConfig, description="Weight averaging.")
+    early_stopping: EarlyStoppingConfig = Field(
+        default_factory=EarlyStoppingConfig, description="Checkpoint choice and stopping."
+    )
+    checkpoints_to_keep: int = Field(
+        default=2,
+        ge=1,
+        description="Checkpoints kept on disk: the best by the early-stopping metric "
+        "(the latest is always kept too, for resuming).",
+    )
+    eval_batch_size: int = Field(default=256, ge=1, description="Batch size for validation and logits.")
+
+
+class ScalingConfig(StrictModel):
+    num_workers: int = Field(default=1, ge=1, description="Ray Train workers (DDP ranks).")
+    use_gpu: bool = Field(default=False, description="One GPU per worker.")
+    cpus_per_worker: float = Field(default=1.0, gt=0.0, description="CPUs reserved per worker.")
+    max_failures: int = Field(
+        default=1,
+        ge=0,
+        description="Worker-group restarts allowed; a restarted group resumes from the "
+        "latest checkpoint, so a killed worker costs at most one epoch.",
+    )

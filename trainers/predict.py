@@ -1,0 +1,59 @@
+"""Batch inference with Ray Data: logits of a saved classifier over splits.
+
+Used after training to export the logits of val_calib and val_test from the selected
+checkpoint. `map_batches` with an actor pool loads the model once per actor and
+streams the rows through it, the way Ray Data's batch-inference docs do it. Several
+splits go through in one pass (tagged by a column), so the model loads once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.data
+import torch
+
+from trainers.model import load_classifier
+from trainers.preprocess import LABEL_KEY, ImageSpec, TextSpec, model_inputs, preprocess_dataset
+
+SPLIT_TAG = "split_name"
+
+
+class LogitsPredictor:
+    def __init__(self, model_dir: str) -> None:
+        self.model, _ = load_classifier(Path(model_dir))
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inputs = {k: torch.as_tensor(v) for k, v in model_inputs(batch).items()}
+        logits = self.model(**inputs).float().numpy()
+        return {"logits": logits, "labels": batch[LABEL_KEY], SPLIT_TAG: batch[SPLIT_TAG]}
+
+
+def _tag(batch: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    return {**batch, SPLIT_TAG: np.full(len(batch["label_id"]), name, dtype=object)}
+
+
+def predict_logits(
+    split_datasets: dict[str, Any], spec: ImageSpec | TextSpec, model_dir: Path, batch_size: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (logits [N, C] float32, labels [N] int64)} for every row of each split."""
+    tagged = [
+        ds.map_batches(_tag, fn_kwargs={"name": name}, batch_format="numpy")
+        for name, ds in split_datasets.items()
+    ]
+    combined = tagged[0].union(*tagged[1:])
+    predicted = preprocess_dataset(combined, spec, keep=(SPLIT_TAG,)).map_batches(
+        LogitsPredictor,
+        fn_constructor_kwargs={"model_dir": str(model_dir)},
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        batch_format="numpy",
+    )
+    parts = list(predicted.iter_batches(batch_size=None, batch_format="numpy"))
+    tags = np.concatenate([p[SPLIT_TAG] for p in parts])
+    logits = np.concatenate([p["logits"] for p in parts]).astype(np.float32)
+    labels = np.concatenate([p["labels"] for p in parts]).astype(np.int64)
+    return {name: (logits[tags == name], labels[tags == name]) for name in split_datasets}

@@ -1,0 +1,170 @@
+"""Turning split rows into model inputs: one definition for training, prediction and
+(later) serving, so the three can never drift apart.
+
+Images: decode -> the backbone's channel count -> resize -> scale to [0, 1] ->
+normalise by mean/std. Text: the backbone's tokenizer, padded/truncated to max_length.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from trainers.config import ModelConfig
+
+LABEL_KEY = "labels"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    image_size: int
+    num_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "image", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class TextSpec:
+    tokenizer: str
+    max_length: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "text", **asdict(self)}
+
+
+def _backbone_config(model_cfg: ModelConfig) -> dict[str, Any]:
+    if model_cfg.backbone.config is not None:
+        return dict(model_cfg.backbone.config)
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_cfg.backbone.id).to_dict()
+
+
+def _image_processor_values(model_cfg: ModelConfig) -> dict[str, Any]:
+    """Size / mean / std from the backbone's own image processor, when it has one."""
+    if model_cfg.backbone.id is None:
+        return {}
+    try:
+        from transformers import AutoImageProcessor
+
+        processor = AutoImageProcessor.from_pretrained(model_cfg.backbone.id)
+    except (OSError, ValueError):
+        return {}
+    size = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
+    side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
+    return {
+        "image_size": side,
+        "mean": getattr(processor, "image_mean", None),
+        "std": getattr(processor, "image_std", None),
+    }
+
+
+def resolve_image_spec(model_cfg: ModelConfig) -> ImageSpec:
+    """Config first, then the image processor, then the backbone config, then 0.5/0.5."""
+    pre = model_cfg.preprocessing
+    backbone = _backbone_config(model_cfg)
+    processor = _image_processor_values(model_cfg)
+    channels = int(backbone.get("num_channels", 3))
+    size = pre.image_size or processor.get("image_size") or backbone.get("image_size")
+    if not size:
+        raise ValueError(
+            "cannot tell the image size: set model.preprocessing.image_size or "
+            "image_size in model.backbone.config"
+        )
+    mean = pre.image_mean or processor.get("mean") or [0.5] * channels
+    std = pre.image_std or processor.get("std") or [0.5] * channels
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(
+            f"image mean/std have {len(mean)}/{len(std)} values but the backbone takes "
+            f"{channels} channel(s)"
+        )
+    return ImageSpec(int(size), channels, tuple(float(m) for m in mean), tuple(float(s) for s in std))
+
+
+def resolve_text_spec(model_cfg: ModelConfig) -> TextSpec:
+    tokenizer = model_cfg.preprocessing.tokenizer or model_cfg.backbone.id
+    if tokenizer is None:
+        raise ValueError("text needs model.preprocessing.tokenizer or a backbone id")
+    return TextSpec(tokenizer=str(tokenizer), max_length=model_cfg.preprocessing.max_length)
+
+
+def decode_image(content: bytes, spec: ImageSpec) -> np.ndarray:
+    """Encoded bytes -> float32 (C, H, W), resized and normalised."""
+    with Image.open(io.BytesIO(content)) as image:
+        image = image.convert("L" if spec.num_channels == 1 else "RGB")
+        if image.size != (spec.image_size, spec.image_size):
+            image = image.resize((spec.image_size, spec.image_size), Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, dtype=np.float32) / 255.0
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    return ((pixels - mean) / std).transpose(2, 0, 1)
+
+
+def preprocess_image_batch(
+    batch: dict[str, np.ndarray], spec: ImageSpec, keep: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """Ray Data map_batches function: split rows -> {pixel_values, labels, *keep}."""
+    pixel_values = np.stack([decode_image(bytes(c), spec) for c in batch["image"]])
+    return {
+        "pixel_values": pixel_values,
+        LABEL_KEY: batch["label_id"].astype(np.int64),
+        **{k: batch[k] for k in keep},
+    }
+
+
+class TextPreprocessor:
+    """Ray Data map_batches callable class: loads the tokenizer once per actor."""
+
+    def __init__(self, spec: TextSpec, keep: tuple[str, ...] = ()) -> None:
+        from transformers import AutoTokenizer
+
+        self.spec = spec
+        self.keep = keep
+        self.tokenizer = AutoTokenizer.from_pretrained(Path(spec.tokenizer))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        encoded = self.tokenizer(
+            [str(t) for t in batch["text"]],
+            padding="max_length",
+            truncation=True,
+            max_length=self.spec.max_length,
+            return_tensors="np",
+        )
+        return {
+            "input_ids": encoded["input_ids"].astype(np.int64),
+            "attention_mask": encoded["attention_mask"].astype(np.int64),
+            LABEL_KEY: batch["label_id"].astype(np.int64),
+            **{k: batch[k] for k in self.keep},
+        }
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments for Classifier.forward from a preprocessed batch."""
+    return {k: v for k, v in batch.items() if k in ("pixel_values", "input_ids", "attention_mask")}
+
+
+def preprocess_dataset(ds: Any, spec: ImageSpec | TextSpec, keep: tuple[str, ...] = ()) -> Any:
+    """Attach the preprocessing step to a Ray Dataset of split rows (lazy, streamed).
+    Columns named in `keep` pass through unchanged."""
+    import ray.data
+
+    if isinstance(spec, ImageSpec):
+        return ds.map_batches(
+            preprocess_image_batch, fn_kwargs={"spec": spec, "keep": keep}, batch_format="numpy"
+        )
+    return ds.map_batches(
+        TextPreprocessor,
+        fn_constructor_kwargs={"spec": spec, "keep": keep},
+        compute=ray.data.ActorPoolStrategy(size=1),
+        batch_format="numpy",
+    )
