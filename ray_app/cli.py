@@ -61,8 +61,10 @@ def _print_splits(run) -> None:  # noqa: ANN001
 
 def cmd_splits(args: argparse.Namespace) -> int:
     from ray_app.pipeline import ensure_splits, init_ray
+    from ray_app.sources import check_source_exists
 
     cfg, run = _load(args)
+    check_source_exists(cfg.data.source)
     init_ray(cfg)
     ensure_splits(cfg, run, force=args.force)
     print(f"run {run.name}")
@@ -76,10 +78,13 @@ def _add_splits_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ray_app.pipeline import ensure_splits, init_ray, run_training, resolve_input_spec
+    from ray_app.pipeline import ensure_splits, init_ray, resolve_input_spec, run_training
+    from ray_app.sources import check_source_exists
 
     cfg, run = _load(args)
-    resolve_input_spec(cfg)  # a backbone that cannot load stops before any Ray work
+    # Problems that need no Ray stop before Ray starts.
+    check_source_exists(cfg.data.source)
+    resolve_input_spec(cfg)
     init_ray(cfg)
     reader = ensure_splits(cfg, run)
     print(f"run {run.name}: training {cfg.training.mode} for up to {cfg.training.epochs} epochs "

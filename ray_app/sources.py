@@ -46,6 +46,12 @@ def _check_local_path(path: str, what: str) -> None:
         )
 
 
+def check_source_exists(source: SourceConfig) -> None:
+    """Fail fast, before Ray starts, on a local data path that is not there."""
+    if source.path is not None:
+        _check_local_path(source.path, f"the {source.kind} data")
+
+
 def _digits_dataset() -> ray.data.Dataset:
     import pandas as pd
     from sklearn.datasets import load_digits
