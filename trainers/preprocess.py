@@ -58,13 +58,22 @@ def _image_processor_values(model_cfg: ModelConfig) -> dict[str, Any]:
         processor = AutoImageProcessor.from_pretrained(model_cfg.backbone.id)
     except (OSError, ValueError):
         return {}
-    size = getattr(processor, "crop_size", None) or getattr(processor, "size", None) or {}
-    side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
+    # The model sees the crop when the processor crops (DINOv2: resize 256, crop 224).
+    cropped = getattr(processor, "do_center_crop", False) and getattr(processor, "crop_size", None)
+    side = _side_length(cropped or getattr(processor, "size", None))
     return {
         "image_size": side,
         "mean": getattr(processor, "image_mean", None),
         "std": getattr(processor, "image_std", None),
     }
+
+
+def _side_length(size: Any) -> int | None:
+    """An image processor's size: an int, a dict, or (transformers 5) a SizeDict."""
+    if size is None or isinstance(size, int):
+        return size
+    get = size.get if isinstance(size, dict) else lambda key: getattr(size, key, None)
+    return get("height") or get("shortest_edge")
 
 
 def resolve_image_spec(model_cfg: ModelConfig) -> ImageSpec:

@@ -137,3 +137,31 @@ def test_single_class_and_too_small_class_from_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="'class_1': 3"):
         ensure_splits(cfg, Run.for_config(cfg))
     assert not (tmp_path / "runs").exists()
+
+
+def test_csv_text_source_and_tokenized_split(tmp_path: Path) -> None:
+    from transformers import BertTokenizer
+
+    from ray_app.pipeline import resolve_input_spec
+    from trainers.preprocess import preprocess_dataset
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "very"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(vocab=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "tok")
+    lines = ["text,label"] + [f"{'very ' * i}good film,pos" for i in range(8)] + [f"{'very ' * i}bad film,neg" for i in range(8)]
+    (tmp_path / "reviews.csv").write_text("\n".join(lines) + "\n")
+    cfg = smoke_config(
+        tmp_path / "runs", "data.source.kind=csv", f"data.source.path={tmp_path / 'reviews.csv'}",
+        "data.splits.max_samples=null", f"model.preprocessing.tokenizer={tmp_path / 'tok'}",
+        "model.preprocessing.max_length=12",
+        "model.backbone.config={model_type: bert, vocab_size: 9, hidden_size: 16, num_hidden_layers: 1, "
+        "num_attention_heads: 2, intermediate_size: 32}",
+    )
+    reader = ensure_splits(cfg, Run.for_config(cfg))
+    assert reader.summary()["label_names"] == ["neg", "pos"]
+    rows = preprocess_dataset(reader.read("train", "train"), resolve_input_spec(cfg)).take_all()
+    assert len(rows) == reader.summary()["splits"]["train"]["count"]
+    for row in rows:
+        ids = row["input_ids"].tolist()
+        assert len(ids) == 12 and ids[0] == 2 and 3 in ids and 1 not in ids  # no unknown words
+        assert ids[ids.index(3) - 1] == vocab.index("film")

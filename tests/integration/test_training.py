@@ -131,3 +131,15 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_path: Path) -> None:
     rows = history(run)
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert run.stage_info("train")["best_epoch"] == 0 and run.stage_info("train")["epochs_run"] == 3
+
+
+def test_failed_training_is_recorded_not_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = smoke_config(tmp_path, "training.epochs=2", "scaling.max_failures=0")
+    run = Run.for_config(cfg)
+    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "1")
+    with pytest.raises(Exception):
+        run_training(cfg, run, ensure_splits(cfg, run))
+    info = run.stage_info("train")
+    assert info["status"] == "failed" and info["error"]
+    assert run.stage_info("splits")["status"] == "complete"
+    assert not (run.train_dir / "model").exists() and not (run.train_dir / "predictions").exists()

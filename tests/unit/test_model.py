@@ -148,3 +148,39 @@ def test_metrics_history_files(tmp_path: Path) -> None:
     assert [json.loads(x) for x in lines] == rows
     csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert csv_lines == ["epoch,val_select/accuracy", "0,0.5", "1,0.75"]
+
+
+def test_backbone_from_local_directory_with_image_processor(tmp_path: Path) -> None:
+    from transformers import AutoConfig, AutoModel, ViTImageProcessor
+
+    kwargs = {k: v for k, v in TINY_VIT.items() if k != "model_type"}
+    torch.manual_seed(0)
+    saved = AutoModel.from_config(AutoConfig.for_model("vit", **kwargs))
+    saved.save_pretrained(tmp_path / "bb")
+    ViTImageProcessor(size={"height": 8, "width": 8}, image_mean=[0.3], image_std=[0.2]).save_pretrained(tmp_path / "bb")
+    cfg = ModelConfig.model_validate({"backbone": {"id": str(tmp_path / "bb")}})
+    assert resolve_image_spec(cfg) == ImageSpec(8, 1, (0.3,), (0.2,))  # the processor's own values
+    model = build_classifier(cfg, 2)
+    loaded = model.backbone.state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in saved.state_dict().items() if k in loaded)
+
+
+def test_text_preprocessor_uses_the_tokenizer(tmp_path: Path) -> None:
+    from transformers import BertTokenizer
+
+    from trainers.preprocess import TextPreprocessor, TextSpec
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "was", "great", "awful"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(vocab=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "tok")
+    pre = TextPreprocessor(TextSpec(tokenizer=str(tmp_path / "tok"), max_length=8), keep=("id",))
+    out = pre({"text": np.array(["The movie was great", "awful awful awful awful awful awful awful awful"], dtype=object),
+               "label_id": np.array([1, 0]), "id": np.array([7, 8])})
+    assert out["input_ids"].tolist()[0] == [2, 5, 6, 7, 8, 3, 0, 0]  # [CLS] the movie was great [SEP] pad
+    assert out["attention_mask"].tolist()[0] == [1, 1, 1, 1, 1, 1, 0, 0]
+    assert out["input_ids"].shape == (2, 8) and out["input_ids"][1, -1] == 3  # truncated, ends in [SEP]
+    assert out["labels"].tolist() == [1, 0] and out["id"].tolist() == [7, 8]
+    torch.manual_seed(0)
+    bert = build_classifier(model_cfg(backbone={**TINY_BERT, "vocab_size": len(vocab)}, pooling="mean"), 2)
+    logits = bert(input_ids=torch.as_tensor(out["input_ids"]), attention_mask=torch.as_tensor(out["attention_mask"]))
+    assert logits.shape == (2, 2)
