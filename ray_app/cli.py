@@ -100,6 +100,58 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("target", help="a run name or directory, or the YAML config that made the run")
+    parser.add_argument(
+        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value by dotted path (repeatable), e.g. calibration.policy=threshold",
+    )
+    parser.add_argument("--root", default="./runs", help="runs root to search for a run name (default ./runs)")
+
+
+def _load_target(args: argparse.Namespace):  # -> (AppConfig, Run)
+    """A config file names its run through the name pattern; a run name or directory
+    brings its own resolved config.yaml (overrides apply on top)."""
+    from ray_app.config import load_config
+    from ray_app.runs import Run, resolve_run
+
+    target = Path(args.target)
+    if target.suffix in (".yaml", ".yml") and target.is_file():
+        cfg = load_config(target, args.override)
+        return cfg, Run.for_config(cfg)
+    run = resolve_run(args.target, Path(args.root))
+    return load_config(run.root / "config.yaml", args.override), run
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ray_app.pipeline import run_calibration
+
+    cfg, run = _load_target(args)
+    info = run_calibration(cfg, run)
+    results = run.root / "calibration"
+    print(f"run {run.name}: calibrated on val_calib in {info['seconds']:.1f}s")
+    print(f"  temperature {info['temperature']:.4f}: ECE {info['ece_before']:.4f} -> {info['ece_after']:.4f}")
+    print(f"  policy:  {info['policy']} ({results / 'policy.json'})")
+    print(f"  report:  {results / 'report.md'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ray_app.pipeline import run_evaluation
+
+    cfg, run = _load_target(args)
+    metrics = run_evaluation(cfg, run)
+    policy = metrics["policy"]
+    accepted = "-" if policy["accepted_accuracy"] is None else f"{policy['accepted_accuracy']:.4f}"
+    print(f"run {run.name}: val_test ({metrics['n']} samples)")
+    print(f"  accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+          f"NLL {metrics['calibrated']['nll']:.4f}  ECE {metrics['uncalibrated']['ece']:.4f} -> {metrics['calibrated']['ece']:.4f}")
+    print(f"  policy {policy['rule']}: coverage {policy['coverage']:.3f}, accepted accuracy {accepted}, "
+          f"assist {policy['assist_rate']:.3f}, abstain {policy['abstain_rate']:.3f}")
+    print(f"  -> {run.root / 'eval' / 'metrics.json'}")
+    return 0
+
+
 def _runs_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["list", "show"], help="list all runs, or show one")
     parser.add_argument("name", nargs="?", help="run name or directory (for show)")
@@ -161,6 +213,18 @@ COMMANDS: dict[str, Command] = {
         example="ray-app train configs/digits.yaml -o training.epochs=2 -o scaling.num_workers=2",
         add_arguments=_config_arguments,
         handler=cmd_train,
+    ),
+    "calibrate": Command(
+        help="fit temperature, threshold, guardrail (Ray Tune) and risk control on val_calib",
+        example="ray-app calibrate sklearn_digits_vit_baseline_lr0.002_s0 -o calibration.policy=risk_control",
+        add_arguments=_target_arguments,
+        handler=cmd_calibrate,
+    ),
+    "evaluate": Command(
+        help="final metrics on val_test under the run's policy",
+        example="ray-app evaluate configs/digits.yaml",
+        add_arguments=_target_arguments,
+        handler=cmd_evaluate,
     ),
     "runs": Command(
         help="list runs or show one (found by scanning the runs root)",

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from calibration.config import CalibrationConfig
 from ray_app.errors import ConfigError
 from trainers.config import ModelConfig, ScalingConfig, StrictModel, TrainingConfig
 
@@ -135,6 +136,9 @@ class AppConfig(StrictModel):
     model: ModelConfig = Field(description="Backbone, head and preprocessing.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="The training loop.")
     scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="Ray Train workers.")
+    calibration: CalibrationConfig = Field(
+        default_factory=CalibrationConfig, description="Temperature, decision rules and the policy."
+    )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where runs live.")
     ray: RayInitConfig = Field(default_factory=RayInitConfig, description="How to reach Ray.")
 

@@ -7,10 +7,12 @@ already complete for the same config fingerprint.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,9 +21,17 @@ import ray.data
 
 from ray_app.config import AppConfig
 from ray_app.errors import UserError
+from calibration.evaluate import evaluate_under_policy
+from calibration.guardrail import tune_guardrail
+from calibration.metrics import calibration_summary
+from calibration.policy import Policy
+from calibration.report import reliability_diagram, risk_coverage_curve, write_report
+from calibration.risk_control import learn_then_test
+from calibration.temperature import CalibrationError, fit_temperature
+from calibration.threshold import candidate_thresholds, choose_threshold, sweep_thresholds
 from ray_app.runs import Run
 from ray_app.sources import inspect_rows, raise_on_bad_rows, read_source
-from ray_app.splits import SplitReader, plan_splits, write_splits
+from ray_app.splits import SplitReader, check_access, plan_splits, write_splits
 from trainers.baseline import LoopParams, fit_baseline
 from trainers.checkpoint import selected_model
 from trainers.model import build_classifier, save_classifier
@@ -159,3 +169,167 @@ def run_training(cfg: AppConfig, run: Run, reader: SplitReader) -> dict[str, Any
             reads={stage: sorted(splits) for stage, splits in reader.reads.items()},
         )
     return run.stage_info("train")
+
+
+# --- calibrate --------------------------------------------------------------------------
+
+
+def load_predictions(run: Run, split: str, stage: str) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels a stage may read: the split contract applies to predictions
+    exactly as to the split files they came from."""
+    check_access(split, stage)
+    path = run.train_dir / "predictions" / f"{split}.npz"
+    if not path.is_file():
+        raise UserError(
+            f"run '{run.name}' has no {split} logits ({path}); train it first: "
+            f"ray-app train <config>"
+        )
+    with np.load(path, allow_pickle=False) as saved:
+        return saved["logits"], saved["labels"]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
+
+
+def run_calibration(cfg: AppConfig, run: Run) -> dict[str, Any]:
+    """Temperature, threshold, guardrail (Ray Tune) and risk control on val_calib only;
+    the configured rule becomes policy.json."""
+    logits, labels = load_predictions(run, "val_calib", "calibrate")
+    ccfg = cfg.calibration
+    with run.stage("calibrate", cfg.fingerprint()) as details:
+        out = run.root / "calibration"
+        tmp = run.root / "calibration.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            temperature = (
+                fit_temperature(
+                    logits, labels, ccfg.temperature.min_temperature,
+                    ccfg.temperature.max_temperature, ccfg.temperature.min_samples,
+                )
+                if ccfg.temperature.enabled
+                else 1.0
+            )
+        except CalibrationError as exc:
+            raise UserError(f"calibration of run '{run.name}': {exc}") from None
+        summary_before = calibration_summary(logits, labels, 1.0, ccfg.ece_bins)
+        summary_after = calibration_summary(logits, labels, temperature, ccfg.ece_bins)
+        results: dict[str, Any] = {
+            "run": run.name,
+            "n_calib": int(len(labels)),
+            "temperature": {
+                "enabled": ccfg.temperature.enabled, "temperature": temperature,
+                "before": summary_before, "after": summary_after,
+            },
+        }
+        _write_json(tmp / "temperature.json", results["temperature"])
+
+        probs = Policy(temperature=temperature).calibrated(logits)
+        preds, confidence = probs.argmax(axis=1), probs.max(axis=1)
+        correct = preds == labels
+        candidates = candidate_thresholds(confidence, ccfg.threshold.num_candidates)
+        sweep = sweep_thresholds(confidence, preds, labels, candidates, probs.shape[1])
+        marks: dict[str, tuple[float, float]] = {}
+
+        if ccfg.threshold.enabled:
+            try:
+                best = choose_threshold(sweep, ccfg.threshold.objective, ccfg.threshold.min_coverage)
+            except CalibrationError as exc:
+                raise UserError(f"threshold sweep: {exc}") from None
+            results["threshold"] = {
+                "objective": ccfg.threshold.objective,
+                "min_coverage": ccfg.threshold.min_coverage,
+                **{k: float(v[best]) for k, v in sweep.items()},
+                "candidates": [{k: float(v[j]) for k, v in sweep.items()} for j in range(len(candidates))],
+            }
+            _write_json(tmp / "thresholds.json", results["threshold"])
+            marks["threshold"] = (float(sweep["coverage"][best]), float(sweep["selective_risk"][best]))
+
+        if ccfg.guardrail.enabled:
+            g = ccfg.guardrail
+            centers = g.centers if g.center_mode == "auto" else [g.center]
+            init_ray(cfg)  # the only part of calibration that needs Ray
+            best_band, trials = tune_guardrail(
+                confidence, correct, centers, g.widths, g.max_assist_rate, g.min_coverage,
+                run.root / "calibration_tune", g.max_concurrent_trials,
+            )
+            results["guardrail"] = {**best_band, "center_mode": g.center_mode, "trials": len(trials), "results": trials}
+            _write_json(tmp / "guardrail.json", results["guardrail"])
+            if best_band["accepted"]:
+                marks["guardrail (accepted)"] = (best_band["coverage"], 1.0 - best_band["accepted_accuracy"])
+
+        if ccfg.risk_control.enabled:
+            r = ccfg.risk_control
+            controlled = learn_then_test(confidence, correct, r.alpha, r.delta, r.min_accepted, r.num_candidates)
+            results["risk_control"] = controlled.to_dict()
+            _write_json(tmp / "risk_control.json", results["risk_control"])
+            if controlled.qualified:
+                marks["risk control"] = (controlled.calib_coverage or 0.0, controlled.calib_selective_risk or 0.0)
+
+        policy = _policy_from(ccfg.policy, temperature, results)
+        results["policy"] = policy.model_dump()
+        (tmp / "policy.json").write_text(policy.model_dump_json(indent=2) + "\n")
+        reliability_diagram((probabilities_max(logits, 1.0), logits.argmax(axis=1) == labels),
+                            (confidence, correct), tmp / "reliability.png", ccfg.ece_bins)
+        risk_coverage_curve(sweep, marks, tmp / "risk_coverage.png")
+        write_report(tmp, results)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        details.update(
+            temperature=temperature,
+            ece_before=summary_before["ece"],
+            ece_after=summary_after["ece"],
+            policy=policy.rule,
+            reads=["val_calib"],
+        )
+    return run.stage_info("calibrate")
+
+
+def probabilities_max(logits: np.ndarray, temperature: float) -> np.ndarray:
+    return Policy(temperature=temperature).calibrated(logits).max(axis=1)
+
+
+def _policy_from(rule: str, temperature: float, results: dict[str, Any]) -> Policy:
+    if rule == "threshold":
+        return Policy(temperature=temperature, rule="threshold", threshold=results["threshold"]["threshold"])
+    if rule == "guardrail":
+        band = results["guardrail"]
+        if not band["feasible"]:
+            raise UserError(
+                "policy guardrail: no band met max_assist_rate and min_coverage on val_calib; "
+                "relax calibration.guardrail.max_assist_rate / min_coverage or widen the grid"
+            )
+        return Policy(temperature=temperature, rule="guardrail", center=band["center"], width=band["width"])
+    if rule == "risk_control":
+        controlled = results["risk_control"]
+        if not controlled["qualified"]:
+            raise UserError(f"policy risk_control: {controlled['message']}")
+        return Policy(
+            temperature=temperature, rule="risk_control", threshold=controlled["threshold"],
+            alpha=controlled["alpha"], delta=controlled["delta"],
+        )
+    return Policy(temperature=temperature, rule="none")
+
+
+# --- evaluate ---------------------------------------------------------------------------
+
+
+def run_evaluation(cfg: AppConfig, run: Run) -> dict[str, Any]:
+    """Final metrics on val_test only, under the run's policy."""
+    policy_path = run.root / "calibration" / "policy.json"
+    if not policy_path.is_file():
+        raise UserError(f"run '{run.name}' has no policy ({policy_path}); calibrate it first: ray-app calibrate {run.name}")
+    policy = Policy.model_validate_json(policy_path.read_text())
+    logits, labels = load_predictions(run, "val_test", "evaluate")
+    label_names = SplitReader(run.splits_dir).summary()["label_names"]
+    with run.stage("evaluate", cfg.fingerprint()) as details:
+        metrics = evaluate_under_policy(logits, labels, policy, label_names, cfg.calibration.ece_bins)
+        (run.root / "eval").mkdir(exist_ok=True)
+        _write_json(run.root / "eval" / "metrics.json", metrics)
+        details.update(
+            accuracy=metrics["accuracy"], ece=metrics["calibrated"]["ece"],
+            coverage=metrics["policy"]["coverage"], accepted_accuracy=metrics["policy"]["accepted_accuracy"],
+            reads=["val_test"],
+        )
+    return metrics

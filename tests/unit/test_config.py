@@ -93,7 +93,7 @@ def test_run_name_pattern() -> None:
     cfg = load_config(REPO / "configs" / "digits.yaml", ["training.lr=0.0005", "seed=3"])
     assert run_name(cfg) == "sklearn_digits_vit_baseline_lr0.0005_s3"
     cfg = load_config(SMOKE, ["name_pattern='{backbone}/{training.batch_size}'"])
-    assert run_name(cfg) == "vit-h32-l2-32"  # path separators never reach the file system
+    assert run_name(cfg) == "vit-h32-l2-16"  # path separators never reach the file system
 
 
 def test_unknown_name_placeholder() -> None:
@@ -131,3 +131,15 @@ def test_every_field_has_a_description() -> None:
 
     walk(AppConfig)
     assert len(seen) >= 10
+
+
+def test_calibration_config_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(SMOKE, ["calibration.risk_control.alpha=1.5", "calibration.risk_control.delta=0",
+                            "calibration.guardrail.widths=[1.2]"])
+    text = "\n".join(info.value.problems)
+    assert "calibration.risk_control.alpha: Input should be less than 1" in text
+    assert "calibration.risk_control.delta: Input should be greater than 0" in text
+    assert "guardrail widths must lie in [0, 1)" in text
+    with pytest.raises(ConfigError, match="calibration.policy is 'guardrail' but calibration.guardrail.enabled is false"):
+        load_config(SMOKE, ["calibration.guardrail.enabled=false"])

@@ -1,0 +1,112 @@
+"""Calibration and evaluation on a local Ray: the Ray Tune guardrail sweep against an
+exhaustive grid, the stages on the shared smoke run, and the split contract."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calibration.guardrail import exhaustive_guardrail, tune_guardrail
+from calibration.policy import Policy
+from ray_app.errors import SplitContractError, UserError
+from ray_app.pipeline import load_predictions, run_calibration, run_evaluation
+from ray_app.runs import Run
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def test_tune_sweep_matches_exhaustive_grid(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    confidence = rng.beta(4, 1.5, 3000)
+    correct = rng.random(3000) < confidence**1.3
+    centers, widths = [0.5, 0.6, 0.7, 0.8, 0.9], [0.0, 0.1, 0.2]
+    best, rows = tune_guardrail(confidence, correct, centers, widths, 0.15, 0.4, tmp_path, 4)
+    reference, reference_rows = exhaustive_guardrail(confidence, correct, centers, widths, 0.15, 0.4)
+    assert len(rows) == 15  # every grid point ran as a trial
+    assert best == reference
+    assert rows == sorted(reference_rows, key=lambda r: (r["center"], r["width"]))
+    assert best["feasible"] and best["assist_rate"] <= 0.15
+
+
+@pytest.fixture(scope="module")
+def calibrated(smoke_run):
+    cfg, run = smoke_run
+    run_calibration(cfg, run)
+    metrics = run_evaluation(cfg, run)
+    return cfg, run, metrics
+
+
+def test_calibration_writes_every_artifact(calibrated) -> None:
+    _, run, _ = calibrated
+    out = run.root / "calibration"
+    expected = {"temperature.json", "thresholds.json", "guardrail.json", "risk_control.json",
+                "policy.json", "report.md", "reliability.png", "risk_coverage.png"}
+    assert expected <= {p.name for p in out.iterdir()}
+    assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    temperature = json.loads((out / "temperature.json").read_text())
+    assert temperature["temperature"] > 0
+    # temperature scaling never raises the NLL it minimises on val_calib
+    assert temperature["after"]["nll"] <= temperature["before"]["nll"] + 1e-9
+    policy = Policy.model_validate_json((out / "policy.json").read_text())
+    assert policy.rule == "guardrail" and policy.temperature == pytest.approx(temperature["temperature"])
+    guardrail = json.loads((out / "guardrail.json").read_text())
+    assert (policy.center, policy.width) == (guardrail["center"], guardrail["width"])
+    assert guardrail["trials"] == len(guardrail["results"]) == 8 * 5
+    report = (out / "report.md").read_text()
+    assert "T = " in report and "![reliability](reliability.png)" in report
+    info = run.stage_info("calibrate")
+    assert info["status"] == "complete" and info["reads"] == ["val_calib"]
+
+
+def test_evaluate_reports_val_test_under_the_policy(calibrated) -> None:
+    _, run, metrics = calibrated
+    saved = json.loads((run.root / "eval" / "metrics.json").read_text())
+    assert saved["n"] == json.loads((run.splits_dir / "splits.json").read_text())["splits"]["val_test"]["count"]
+    logits, labels = load_predictions(run, "val_test", "evaluate")
+    assert saved["accuracy"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
+    policy = saved["policy"]
+    assert policy["rule"] == "guardrail"
+    assert policy["coverage"] + policy["assist_rate"] + policy["abstain_rate"] == pytest.approx(1.0)
+    assert np.array(saved["confusion_matrix"]["matrix"]).sum() == saved["n"]
+    assert run.stage_info("evaluate")["reads"] == ["val_test"]
+
+
+def test_calibration_cannot_read_val_test(calibrated, tmp_path: Path) -> None:
+    cfg, run, _ = calibrated
+    with pytest.raises(SplitContractError, match="stage 'calibrate' may not read 'val_test'"):
+        load_predictions(run, "val_test", "calibrate")
+    with pytest.raises(SplitContractError, match="stage 'evaluate' may not read 'val_calib'"):
+        load_predictions(run, "val_calib", "evaluate")
+    # and it does not need to: with val_test's logits gone, calibration gives the same policy
+    copy = Run(tmp_path / run.name)
+    shutil.copytree(run.root, copy.root)
+    (copy.train_dir / "predictions" / "val_test.npz").unlink()
+    run_calibration(cfg, copy)
+    assert (copy.root / "calibration" / "policy.json").read_text() == (run.root / "calibration" / "policy.json").read_text()
+
+
+def test_calibrate_without_logits_and_evaluate_without_policy(tmp_path: Path, smoke_run) -> None:
+    cfg, run = smoke_run
+    bare = Run(tmp_path / "bare")
+    shutil.copytree(run.splits_dir, bare.splits_dir)
+    with pytest.raises(UserError, match="has no val_calib logits.*train it first"):
+        run_calibration(cfg, bare)
+    with pytest.raises(UserError, match="has no policy.*calibrate it first"):
+        run_evaluation(cfg, bare)
+
+
+def test_policy_rule_that_cannot_be_met_is_an_error(smoke_run, tmp_path: Path) -> None:
+    cfg, run = smoke_run
+    copy = Run(tmp_path / run.name)
+    shutil.copytree(run.root, copy.root)
+    strict = cfg.model_copy(deep=True)
+    strict.calibration.policy = "risk_control"
+    strict.calibration.risk_control.alpha = 0.001
+    with pytest.raises(UserError, match="policy risk_control: no threshold qualifies"):
+        run_calibration(strict, copy)
+    assert copy.stage_info("calibrate")["status"] == "failed"
+    assert not (copy.root / "calibration.tmp" / "policy.json").exists()
