@@ -59,7 +59,7 @@ def init_ray(cfg: AppConfig) -> None:
         return
     needed = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker) + 1
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, needed)
-    ray.init(num_cpus=num_cpus, include_dashboard=False)
+    ray.init(num_cpus=num_cpus)
 
 
 # --- splits ---------------------------------------------------------------------------

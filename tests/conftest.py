@@ -27,7 +27,7 @@ def ray_local():
     # Ray Train hands the driver's DataContext to its workers: switch bars off here too.
     ray.data.DataContext.get_current().enable_progress_bars = False
     # 4 logical CPUs on a 2-core machine: room for two train workers plus Ray Data.
-    ray.init(num_cpus=4, include_dashboard=False)
+    ray.init(num_cpus=4)
     yield
     ray.shutdown()
 

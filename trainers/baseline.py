@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import math
 import os
 import tempfile
@@ -37,6 +38,8 @@ from trainers.checkpoint import load_checkpoint, read_state, save_checkpoint
 from trainers.config import ModelConfig, ScalingConfig, TrainingConfig
 from trainers.model import Classifier, build_classifier
 from trainers.preprocess import LABEL_KEY, model_inputs
+
+logger = logging.getLogger(__name__)
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -144,6 +147,43 @@ def evaluate(
     }
 
 
+class TrainShardCache:
+    """This worker's train shard, kept after one streamed pass when it fits.
+
+    Ray Data restarts its streaming split every epoch and converts every batch; for a
+    shard that fits in memory that is pure overhead (bench/train_overhead.py measured
+    it). The first epoch streams from Ray Data and keeps the CPU batches; later epochs
+    draw batches from a seeded permutation of the kept rows. Over the byte limit, the
+    cache is dropped and every epoch streams. A restarted worker starts empty."""
+
+    def __init__(self, limit_mb: int) -> None:
+        self.limit_bytes = limit_mb * 2**20
+        self.parts: list[dict[str, torch.Tensor]] = []
+        self.size_bytes = 0
+        self.rows: dict[str, torch.Tensor] | None = None
+
+    def batches(self, shard: Any, batch_size: int, device: torch.device, seed: int) -> Any:
+        if self.rows is not None:
+            count = len(self.rows[LABEL_KEY])
+            order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+            for start in range(0, count, batch_size):
+                index = order[start : start + batch_size]
+                yield {k: v[index].to(device) for k, v in self.rows.items()}
+            return
+        keep = self.limit_bytes > 0
+        for batch in shard.iter_torch_batches(
+            batch_size=batch_size, local_shuffle_buffer_size=max(256, 4 * batch_size), local_shuffle_seed=seed
+        ):
+            if keep:
+                self.parts.append(batch)
+                self.size_bytes += sum(t.numel() * t.element_size() for t in batch.values())
+                keep = self.size_bytes <= self.limit_bytes
+            yield {k: v.to(device) for k, v in batch.items()}
+        if keep and self.parts:
+            self.rows = {k: torch.cat([p[k] for p in self.parts]) for k in self.parts[0]}
+        self.parts = []
+
+
 # --- the loop -------------------------------------------------------------------------
 
 
@@ -182,6 +222,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = load_checkpoint(Path(directory), model, ema_model, optimizer, scheduler)
         state["resumed_at"].append(state["epoch"])
     train_shard = ray.train.get_dataset_shard("train")
+    train_cache = TrainShardCache(training.cache_train_shard_mb)
     val_select = ray.train.get_dataset_shard("val_select")
 
     # --- train ---
@@ -197,12 +238,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             model.backbone.eval()  # a linear probe: no dropout noise in the frozen features
         started = time.perf_counter()
         samples, loss_sum = 0, 0.0
-        for batch in train_shard.iter_torch_batches(
-            batch_size=training.batch_size,
-            device=device,
-            local_shuffle_buffer_size=max(256, 4 * training.batch_size),
-            local_shuffle_seed=params.seed * 1000 + epoch,
-        ):
+        for batch in train_cache.batches(train_shard, training.batch_size, device, params.seed * 1000 + epoch):
             target = batch[LABEL_KEY]
             with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
                 loss = F.cross_entropy(ddp_model(**model_inputs(batch)).float(), target)
@@ -247,12 +283,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         }
         state["history"].append(row)
         if rank == 0:
-            print(
+            # A logger, not print: Ray Train patches print in workers to both echo and
+            # log it, which shows every line twice on the driver.
+            logger.info(
                 f"epoch {epoch + 1}/{training.epochs}: train/loss={row['train/loss']:.4f} "
                 f"val_select/loss={val['loss']:.4f} accuracy={val['accuracy']:.4f} "
                 f"macro_f1={val['macro_f1']:.4f} ({train_seconds:.1f}s, "
-                f"{row['train/samples_per_s']:.0f} samples/s)",
-                flush=True,
+                f"{row['train/samples_per_s']:.0f} samples/s)"
             )
         state["epoch"] = epoch + 1
         stop = stopping.patience is not None and state["stale_epochs"] >= stopping.patience

@@ -168,6 +168,13 @@ class TrainingConfig(StrictModel):
         "(the latest is always kept too, for resuming).",
     )
     eval_batch_size: int = Field(default=256, ge=1, description="Batch size for validation and logits.")
+    cache_train_shard_mb: int = Field(
+        default=2048,
+        ge=0,
+        description="After its first streamed epoch, a worker keeps its train shard in "
+        "memory when it is at most this many MiB and reshuffles it each epoch (no per-epoch "
+        "Ray Data restart, no per-batch conversion). 0 always streams from Ray Data.",
+    )
 
 
 class ScalingConfig(StrictModel):

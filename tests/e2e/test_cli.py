@@ -62,6 +62,12 @@ def test_missing_data_path_fails_before_ray_starts(tmp_path: Path) -> None:
     assert not (tmp_path / "runs").exists()
 
 
+def test_calibrate_before_training_exit_2(tmp_path: Path) -> None:
+    result = cli("calibrate", str(SMOKE), "-o", f"storage.root={tmp_path}", timeout=60)
+    assert_user_error(result, "has no val_calib logits", "train it first")
+    assert_user_error(cli("evaluate", "ghost", "--root", str(tmp_path)), "no run named 'ghost'")
+
+
 def test_runs_show_unknown_run(tmp_path: Path) -> None:
     assert_user_error(cli("runs", "show", "ghost", "--root", str(tmp_path)), "no run named 'ghost'")
 
@@ -102,3 +108,13 @@ def test_train_then_runs_list_and_show(tmp_path: Path) -> None:
     assert "train    complete" in shown.stdout and "val_test" in shown.stdout
     epoch_rows = [x for x in shown.stdout.splitlines() if x.strip().startswith("0 ")]
     assert len(epoch_rows) == 1
+
+    # calibrate by run name, evaluate by config: both find the same run
+    calibrated = cli("calibrate", "smoke_vit_baseline_s0", "--root", str(root), "-o", "calibration.policy=threshold")
+    assert calibrated.returncode == 0, calibrated.stderr[-3000:]
+    assert "policy:  threshold" in calibrated.stdout
+    assert (root / "smoke_vit_baseline_s0" / "calibration" / "report.md").is_file()
+    evaluated = cli("evaluate", str(SMOKE), "-o", f"storage.root={root}", "-o", "training.epochs=1")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "policy threshold: coverage" in evaluated.stdout
+    assert (root / "smoke_vit_baseline_s0" / "eval" / "metrics.json").is_file()

@@ -143,3 +143,25 @@ def test_failed_training_is_recorded_not_complete(tmp_path: Path, monkeypatch: p
     assert info["status"] == "failed" and info["error"]
     assert run.stage_info("splits")["status"] == "complete"
     assert not (run.train_dir / "model").exists() and not (run.train_dir / "predictions").exists()
+
+
+def test_train_shard_cache_keeps_rows_and_reshuffles() -> None:
+    import ray.data
+
+    from trainers.baseline import TrainShardCache
+
+    ds = ray.data.from_items([{"x": float(i), "labels": i % 3} for i in range(50)])
+    shard = ds.iterator()
+    cache = TrainShardCache(limit_mb=1)
+    first = [b["x"] for b in cache.batches(shard, 8, torch.device("cpu"), seed=1)]
+    assert cache.rows is not None and len(cache.rows["x"]) == 50  # kept after one pass
+    second = [b["x"] for b in cache.batches(None, 8, torch.device("cpu"), seed=2)]  # no Ray Data needed now
+    third = [b["x"] for b in cache.batches(None, 8, torch.device("cpu"), seed=2)]
+    flat = [torch.cat(batches) for batches in (first, second, third)]
+    assert sorted(flat[0].tolist()) == sorted(flat[1].tolist()) == [float(i) for i in range(50)]
+    assert [len(b) for b in second] == [8] * 6 + [2]
+    assert not torch.equal(flat[0], flat[1]) and torch.equal(flat[1], flat[2])  # seeded reshuffle
+
+    streaming = TrainShardCache(limit_mb=0)  # 0: never cache
+    assert len(torch.cat([b["x"] for b in streaming.batches(shard, 8, torch.device("cpu"), seed=1)])) == 50
+    assert streaming.rows is None
