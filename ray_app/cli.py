@@ -12,8 +12,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ray_app.errors import UserError
+
+if TYPE_CHECKING:  # the CLI imports the heavy modules lazily, so --help stays fast
+    from ray_app.config import AppConfig
+    from ray_app.runs import Run
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace):  # -> (AppConfig, Run)
+def _load(args: argparse.Namespace) -> tuple[AppConfig, Run]:
     from ray_app.config import load_config
     from ray_app.runs import Run
 
@@ -44,7 +49,7 @@ def _load(args: argparse.Namespace):  # -> (AppConfig, Run)
     return cfg, Run.for_config(cfg)
 
 
-def _print_splits(run) -> None:  # noqa: ANN001
+def _print_splits(run: Run) -> None:
     summary = json.loads((run.splits_dir / "splits.json").read_text())
     print(f"splits of {summary['num_rows_used']} rows ({len(summary['label_names'])} classes, seed {summary['seed']}):")
     for split, info in summary["splits"].items():
@@ -109,7 +114,7 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", default="./runs", help="runs root to search for a run name (default ./runs)")
 
 
-def _load_target(args: argparse.Namespace):  # -> (AppConfig, Run)
+def _load_target(args: argparse.Namespace) -> tuple[AppConfig, Run]:
     """A config file names its run through the name pattern; a run name or directory
     brings its own resolved config.yaml (overrides apply on top)."""
     from ray_app.config import load_config
@@ -149,6 +154,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"  policy {policy['rule']}: coverage {policy['coverage']:.3f}, accepted accuracy {accepted}, "
           f"assist {policy['assist_rate']:.3f}, abstain {policy['abstain_rate']:.3f}")
     print(f"  -> {run.root / 'eval' / 'metrics.json'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ray_app.pipeline import run_export
+
+    cfg, run = _load_target(args)
+    info = run_export(cfg, run)
+    print(f"run {run.name}: bundle {info['bundle']} ({info['files']} files, verified)")
+    print(f"  model version {info['model_version']}")
+    return 0
+
+
+def _print_summary(run: Run) -> None:
+    metrics = json.loads((run.root / "eval" / "metrics.json").read_text())
+    export = run.stage_info("export")
+    policy = metrics["policy"]
+    accepted = "-" if policy["accepted_accuracy"] is None else f"{policy['accepted_accuracy']:.4f}"
+    rows = [
+        ("val_test accuracy", f"{metrics['accuracy']:.4f} (macro-F1 {metrics['macro_f1']:.4f}, n={metrics['n']})"),
+        ("val_test ECE", f"{metrics['uncalibrated']['ece']:.4f} -> {metrics['calibrated']['ece']:.4f} after temperature"),
+        (f"policy {policy['rule']}", f"coverage {policy['coverage']:.3f}, accepted accuracy {accepted}, "
+                                      f"assist {policy['assist_rate']:.3f}, abstain {policy['abstain_rate']:.3f}"),
+        ("bundle", f"{export['bundle']} (verified; {export['model_version']})"),
+    ]
+    print(f"\nrun {run.name}")
+    for label, value in rows:
+        print(f"  {label:<22} {value}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ray_app.pipeline import init_ray, resolve_input_spec, run_pipeline
+    from ray_app.sources import check_source_exists
+
+    cfg, run = _load(args)
+    check_source_exists(cfg.data.source)
+    resolve_input_spec(cfg)
+    init_ray(cfg)
+    print(f"run {run.name} ({run.root})", flush=True)
+    run_pipeline(cfg, run, echo=lambda line: print(line, flush=True))
+    _print_summary(run)
     return 0
 
 
@@ -202,6 +248,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Command] = {
+    "run": Command(
+        help="every stage in order: splits, train, calibrate, evaluate, export (resumable)",
+        example="ray-app run configs/digits.yaml -o training.epochs=5",
+        add_arguments=_config_arguments,
+        handler=cmd_run,
+    ),
     "splits": Command(
         help="read the dataset with Ray Data and write deterministic stratified splits",
         example="ray-app splits configs/digits.yaml -o seed=1",
@@ -225,6 +277,12 @@ COMMANDS: dict[str, Command] = {
         example="ray-app evaluate configs/digits.yaml",
         add_arguments=_target_arguments,
         handler=cmd_evaluate,
+    ),
+    "export": Command(
+        help="seal the selected model and the policy into a verified bundle directory",
+        example="ray-app export sklearn_digits_vit_baseline_lr0.002_s0",
+        add_arguments=_target_arguments,
+        handler=cmd_export,
     ),
     "runs": Command(
         help="list runs or show one (found by scanning the runs root)",

@@ -23,13 +23,14 @@ from ray_app.config import AppConfig
 from ray_app.errors import UserError
 from calibration.evaluate import evaluate_under_policy
 from calibration.guardrail import tune_guardrail
-from calibration.metrics import calibration_summary
+from calibration.metrics import calibration_summary, probabilities
 from calibration.policy import Policy
 from calibration.report import reliability_diagram, risk_coverage_curve, write_report
 from calibration.risk_control import learn_then_test
 from calibration.temperature import CalibrationError, fit_temperature
 from calibration.threshold import candidate_thresholds, choose_threshold, sweep_thresholds
-from ray_app.runs import Run
+from serve.bundle import export_bundle, load_bundle
+from ray_app.runs import Run, library_versions
 from ray_app.sources import inspect_rows, raise_on_bad_rows, read_source
 from ray_app.splits import SplitReader, check_access, plan_splits, write_splits
 from trainers.baseline import LoopParams, fit_baseline
@@ -39,7 +40,22 @@ from trainers.predict import predict_logits
 from trainers.preprocess import ImageSpec, TextSpec, preprocess_dataset, resolve_image_spec, resolve_text_spec
 
 FAIL_AT_EPOCH_ENV = "RAY_APP_FAIL_AT_EPOCH"
-SPLITS_SECTIONS = ("seed", "data")
+
+STAGES = ("splits", "train", "calibrate", "evaluate", "export")
+_TRAINED_ON = ("seed", "data", "model", "training", "scaling")
+# The config sections each stage's output depends on: a stage whose sections did not
+# change is still valid (changing calibration.policy does not retrain).
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "splits": ("seed", "data"),
+    "train": _TRAINED_ON,
+    "calibrate": (*_TRAINED_ON, "calibration"),
+    "evaluate": (*_TRAINED_ON, "calibration"),
+    "export": (*_TRAINED_ON, "calibration"),
+}
+
+
+def stage_fingerprint(cfg: AppConfig, stage: str) -> str:
+    return cfg.fingerprint(*STAGE_SECTIONS[stage])
 
 
 def init_ray(cfg: AppConfig) -> None:
@@ -66,7 +82,7 @@ def init_ray(cfg: AppConfig) -> None:
 
 
 def ensure_splits(cfg: AppConfig, run: Run, force: bool = False) -> SplitReader:
-    fingerprint = cfg.fingerprint(*SPLITS_SECTIONS)
+    fingerprint = stage_fingerprint(cfg, "splits")
     if not force and run.stage_complete("splits", fingerprint):
         return SplitReader(run.splits_dir)
     # Read, check and plan everything before the run directory is touched: bad data
@@ -112,7 +128,7 @@ def run_training(cfg: AppConfig, run: Run, reader: SplitReader) -> dict[str, Any
     summary = reader.summary()
     label_names: list[str] = summary["label_names"]
     spec = resolve_input_spec(cfg)
-    with run.stage("train", cfg.fingerprint()) as details:
+    with run.stage("train", stage_fingerprint(cfg, "train")) as details:
         # A new training never resumes an older one's checkpoints.
         shutil.rmtree(run.train_dir, ignore_errors=True)
         # Preprocess once and keep the tensors in the object store: every epoch then
@@ -197,7 +213,7 @@ def run_calibration(cfg: AppConfig, run: Run) -> dict[str, Any]:
     the configured rule becomes policy.json."""
     logits, labels = load_predictions(run, "val_calib", "calibrate")
     ccfg = cfg.calibration
-    with run.stage("calibrate", cfg.fingerprint()) as details:
+    with run.stage("calibrate", stage_fingerprint(cfg, "calibrate")) as details:
         out = run.root / "calibration"
         tmp = run.root / "calibration.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -225,7 +241,7 @@ def run_calibration(cfg: AppConfig, run: Run) -> dict[str, Any]:
         }
         _write_json(tmp / "temperature.json", results["temperature"])
 
-        probs = Policy(temperature=temperature).calibrated(logits)
+        probs = probabilities(logits, temperature)
         preds, confidence = probs.argmax(axis=1), probs.max(axis=1)
         correct = preds == labels
         candidates = candidate_thresholds(confidence, ccfg.threshold.num_candidates)
@@ -270,8 +286,13 @@ def run_calibration(cfg: AppConfig, run: Run) -> dict[str, Any]:
         policy = _policy_from(ccfg.policy, temperature, results)
         results["policy"] = policy.model_dump()
         (tmp / "policy.json").write_text(policy.model_dump_json(indent=2) + "\n")
-        reliability_diagram((probabilities_max(logits, 1.0), logits.argmax(axis=1) == labels),
-                            (confidence, correct), tmp / "reliability.png", ccfg.ece_bins)
+        uncalibrated = probabilities(logits)
+        reliability_diagram(
+            (uncalibrated.max(axis=1), uncalibrated.argmax(axis=1) == labels),
+            (confidence, correct),
+            tmp / "reliability.png",
+            ccfg.ece_bins,
+        )
         risk_coverage_curve(sweep, marks, tmp / "risk_coverage.png")
         write_report(tmp, results)
         shutil.rmtree(out, ignore_errors=True)
@@ -284,10 +305,6 @@ def run_calibration(cfg: AppConfig, run: Run) -> dict[str, Any]:
             reads=["val_calib"],
         )
     return run.stage_info("calibrate")
-
-
-def probabilities_max(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return Policy(temperature=temperature).calibrated(logits).max(axis=1)
 
 
 def _policy_from(rule: str, temperature: float, results: dict[str, Any]) -> Policy:
@@ -323,7 +340,7 @@ def run_evaluation(cfg: AppConfig, run: Run) -> dict[str, Any]:
     policy = Policy.model_validate_json(policy_path.read_text())
     logits, labels = load_predictions(run, "val_test", "evaluate")
     label_names = SplitReader(run.splits_dir).summary()["label_names"]
-    with run.stage("evaluate", cfg.fingerprint()) as details:
+    with run.stage("evaluate", stage_fingerprint(cfg, "evaluate")) as details:
         metrics = evaluate_under_policy(logits, labels, policy, label_names, cfg.calibration.ece_bins)
         (run.root / "eval").mkdir(exist_ok=True)
         _write_json(run.root / "eval" / "metrics.json", metrics)
@@ -333,3 +350,64 @@ def run_evaluation(cfg: AppConfig, run: Run) -> dict[str, Any]:
             reads=["val_test"],
         )
     return metrics
+
+
+# --- export -----------------------------------------------------------------------------
+
+
+def run_export(cfg: AppConfig, run: Run) -> dict[str, Any]:
+    """The selected model and the policy, sealed into runs/<name>/bundle/ and verified
+    by loading it back."""
+    model_dir = run.train_dir / "model"
+    policy_path = run.root / "calibration" / "policy.json"
+    if not model_dir.is_dir():
+        raise UserError(f"run '{run.name}' has no trained model ({model_dir}); train it first")
+    if not policy_path.is_file():
+        raise UserError(f"run '{run.name}' has no policy ({policy_path}); calibrate it first: ray-app calibrate {run.name}")
+    summary = SplitReader(run.splits_dir).summary()
+    with run.stage("export", stage_fingerprint(cfg, "export")) as details:
+        bundle_dir = export_bundle(
+            model_dir,
+            Policy.model_validate_json(policy_path.read_text()),
+            run.root / "bundle",
+            {
+                "run": run.name,
+                "splits_fingerprint": summary["source_fingerprint"],
+                "config_fingerprint": stage_fingerprint(cfg, "export"),
+                "versions": library_versions(),
+            },
+        )
+        loaded = load_bundle(bundle_dir)  # proves it verifies and loads on its own
+        details.update(bundle=str(bundle_dir), model_version=loaded.model_version,
+                       files=len(loaded.manifest["files"]))
+    return run.stage_info("export")
+
+
+# --- everything -------------------------------------------------------------------------
+
+
+def run_pipeline(cfg: AppConfig, run: Run, echo: Any = print) -> dict[str, Any]:
+    """Every stage in order. A stage complete for the same config is skipped, until one
+    stage runs: everything after it then runs too (its inputs changed)."""
+    rerun = False
+    reader: SplitReader | None = None
+    for number, stage in enumerate(STAGES, start=1):
+        prefix = f"[{number}/{len(STAGES)}] {stage:<9}"
+        if not rerun and run.stage_complete(stage, stage_fingerprint(cfg, stage)):
+            echo(f"{prefix} complete for this config, skipped")
+            continue
+        rerun = True
+        echo(f"{prefix} running")
+        if stage == "splits":
+            reader = ensure_splits(cfg, run, force=True)
+        elif stage == "train":
+            reader = reader or ensure_splits(cfg, run)
+            run_training(cfg, run, reader)
+        elif stage == "calibrate":
+            run_calibration(cfg, run)
+        elif stage == "evaluate":
+            run_evaluation(cfg, run)
+        else:
+            run_export(cfg, run)
+        echo(f"{prefix} done in {run.stage_info(stage)['seconds']:.1f}s")
+    return run.metadata()["stages"]

@@ -118,3 +118,12 @@ def test_train_then_runs_list_and_show(tmp_path: Path) -> None:
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "policy threshold: coverage" in evaluated.stdout
     assert (root / "smoke_vit_baseline_s0" / "eval" / "metrics.json").is_file()
+
+    # `run` on the same config resumes: done stages are skipped, the rest complete
+    ran = cli("run", str(SMOKE), "-o", f"storage.root={root}", "-o", "training.epochs=1",
+              "-o", "calibration.policy=threshold")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "[2/5] train     complete for this config, skipped" in ran.stdout
+    assert "[5/5] export    done in" in ran.stdout
+    assert "val_test accuracy" in ran.stdout and "(verified; smoke_vit_baseline_s0@" in ran.stdout
+    assert (root / "smoke_vit_baseline_s0" / "bundle" / "bundle.json").is_file()

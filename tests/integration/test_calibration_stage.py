@@ -110,3 +110,63 @@ def test_policy_rule_that_cannot_be_met_is_an_error(smoke_run, tmp_path: Path) -
         run_calibration(strict, copy)
     assert copy.stage_info("calibrate")["status"] == "failed"
     assert not (copy.root / "calibration.tmp" / "policy.json").exists()
+
+
+def test_bundle_round_trip_matches_the_run_under_the_policy(calibrated) -> None:
+    import pyarrow.parquet as pq
+    import torch
+
+    from calibration.policy import Policy as PolicyModel
+    from ray_app.pipeline import resolve_input_spec, run_export
+    from serve.bundle import load_bundle
+    from trainers.preprocess import preprocess_image_batch
+
+    cfg, run, metrics = calibrated
+    info = run_export(cfg, run)
+    bundle = load_bundle(Path(info["bundle"]))
+    assert bundle.policy == PolicyModel.model_validate_json((run.root / "calibration" / "policy.json").read_text())
+    assert bundle.manifest["splits_fingerprint"] == json.loads((run.splits_dir / "splits.json").read_text())["source_fingerprint"]
+    table = pq.read_table(run.splits_dir / "val_test").to_pydict()
+    batch = preprocess_image_batch(
+        {"image": np.array(table["image"], dtype=object), "label_id": np.array(table["label_id"])}, resolve_input_spec(cfg)
+    )
+    with torch.no_grad():
+        bundle_logits = bundle.model(pixel_values=torch.as_tensor(batch["pixel_values"])).numpy()
+    run_logits, run_labels = load_predictions(run, "val_test", "evaluate")
+    order_bundle = np.lexsort((bundle_logits[:, 0], batch["labels"]))
+    order_run = np.lexsort((run_logits[:, 0], run_labels))
+    np.testing.assert_allclose(bundle_logits[order_bundle], run_logits[order_run], atol=1e-5)
+    decisions = bundle.policy.decide(bundle.policy.calibrated(bundle_logits).max(axis=1))
+    assert float((decisions == "accept").mean()) == pytest.approx(metrics["policy"]["coverage"])
+
+
+def test_run_pipeline_skips_what_is_complete(calibrated, tmp_path: Path) -> None:
+    from ray_app.pipeline import run_export, run_pipeline
+
+    cfg, run, _ = calibrated
+    run_export(cfg, run)
+    copy = Run(tmp_path / run.name)
+    shutil.copytree(run.root, copy.root)
+    lines: list[str] = []
+    run_pipeline(cfg, copy, echo=lines.append)
+    assert all("skipped" in line for line in lines) and len(lines) == 5
+    # a new policy invalidates calibrate and everything after it, not the training
+    changed = cfg.model_copy(deep=True)
+    changed.calibration.policy = "threshold"
+    lines.clear()
+    stages = run_pipeline(changed, copy, echo=lines.append)
+    assert [line.split()[1] for line in lines if "skipped" in line] == ["splits", "train"]
+    assert [line.split()[1] for line in lines if "done in" in line] == ["calibrate", "evaluate", "export"]
+    assert all(stages[s]["status"] == "complete" for s in ("calibrate", "evaluate", "export"))
+    assert json.loads((copy.root / "bundle" / "policy.json").read_text())["rule"] == "threshold"
+
+
+def test_calibration_set_too_small_is_a_user_error(smoke_run, tmp_path: Path) -> None:
+    cfg, run = smoke_run
+    copy = Run(tmp_path / run.name)
+    shutil.copytree(run.root, copy.root)
+    strict = cfg.model_copy(deep=True)
+    strict.calibration.temperature.min_samples = 10_000
+    with pytest.raises(UserError, match=r"val_calib has \d+ samples; temperature scaling needs at least 10000"):
+        run_calibration(strict, copy)
+    assert copy.stage_info("calibrate")["status"] == "failed"
