@@ -29,16 +29,20 @@ class Command:
     handler: Callable[[argparse.Namespace], int]
 
 
-def _config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML config (see configs/)")
+def _override_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o",
         "--override",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value by dotted path (repeatable)",
+        help="override a config value by dotted path (repeatable), e.g. -o training.epochs=2",
     )
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config (see configs/)")
+    _override_argument(parser)
 
 
 def _load(args: argparse.Namespace) -> tuple[AppConfig, Run]:
@@ -107,10 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", help="a run name or directory, or the YAML config that made the run")
-    parser.add_argument(
-        "-o", "--override", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value by dotted path (repeatable), e.g. calibration.policy=threshold",
-    )
+    _override_argument(parser)
     parser.add_argument("--root", default="./runs", help="runs root to search for a run name (default ./runs)")
 
 

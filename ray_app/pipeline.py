@@ -75,7 +75,9 @@ def init_ray(cfg: AppConfig) -> None:
         return
     needed = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker) + 1
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, needed)
-    ray.init(num_cpus=num_cpus)
+    # address="local": start our own Ray even when `ray start` left a cluster on this
+    # machine (a bare ray.init() would attach to it and refuse num_cpus).
+    ray.init(address="local", num_cpus=num_cpus)
 
 
 # --- splits ---------------------------------------------------------------------------
