@@ -56,6 +56,10 @@ def ray_head(tmp_path: Path):
             "ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1",
             f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
             f"--ray-client-server-port={free_port()}", "--num-cpus=3",
+            # Fixed defaults (the dashboard agent's 52365, ...) are taken by the test
+            # session's own Ray: without ports of its own the head's job agent never starts.
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
         ],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
@@ -84,19 +88,29 @@ def ray_head(tmp_path: Path):
                 CURRENT_CLUSTER.write_text(previous)
 
 
+def submit(address: str, entrypoint: list[str], attempts: int = 12) -> subprocess.CompletedProcess[str]:
+    """`ray job submit`, retried while the head's job agent has not registered yet: the
+    dashboard answers before the agent does, and Ray's answer then is to try again."""
+    # The head enforces Ray's token auth (the token is in ~/.ray/auth_token); the jobs
+    # client only sends it when told to.
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token"}
+    for _ in range(attempts):
+        result = subprocess.run(
+            ["ray", "job", "submit", "--address", address, "--working-dir", str(REPO), "--", *entrypoint],
+            capture_output=True, text=True, timeout=900, env=env,
+        )
+        if result.returncode == 0 or "No available agent to submit job" not in result.stderr + result.stdout:
+            return result
+        time.sleep(5)
+    return result
+
+
 def test_ray_job_submit_runs_the_pipeline(ray_head: str, tmp_path: Path) -> None:
     root = tmp_path / "runs"
-    result = subprocess.run(
-        [
-            "ray", "job", "submit", "--address", ray_head, "--working-dir", str(REPO), "--",
-            "ray-app", "run", "configs/smoke.yaml", "-o", f"storage.root={root}",
-            "-o", "training.epochs=2", "-o", "calibration.policy=threshold",
-        ],
-        capture_output=True, text=True, timeout=900,
-        # The head enforces Ray's token auth (the token is in ~/.ray/auth_token); the
-        # jobs client only sends it when told to.
-        env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token"},
-    )
+    result = submit(ray_head, [
+        "ray-app", "run", "configs/smoke.yaml", "-o", f"storage.root={root}",
+        "-o", "training.epochs=2", "-o", "calibration.policy=threshold",
+    ])
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "succeeded" in output
