@@ -1,8 +1,9 @@
-"""Stage orchestration: splits -> train (calibrate / evaluate / export come later).
+"""Stage orchestration: splits -> train -> calibrate -> evaluate -> export.
 
 Each stage checks its inputs before it writes anything, runs inside `Run.stage` (so
-metadata says running / complete / failed with timings), and is skipped when it is
-already complete for the same config fingerprint.
+metadata says running / complete / failed with timings), reads splits and predictions
+only through the split contract, and is skipped by `run_pipeline` when it is already
+complete for the same fingerprint of the config sections it depends on.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import numpy as np
 import ray
 import ray.data
 
-from ray_app.config import AppConfig
-from ray_app.errors import UserError
 from calibration.evaluate import evaluate_under_policy
 from calibration.guardrail import tune_guardrail
 from calibration.metrics import calibration_summary, probabilities
@@ -29,10 +28,12 @@ from calibration.report import reliability_diagram, risk_coverage_curve, write_r
 from calibration.risk_control import learn_then_test
 from calibration.temperature import CalibrationError, fit_temperature
 from calibration.threshold import candidate_thresholds, choose_threshold, sweep_thresholds
-from serve.bundle import export_bundle, load_bundle
+from ray_app.config import AppConfig
+from ray_app.errors import UserError
 from ray_app.runs import Run, library_versions
 from ray_app.sources import inspect_rows, raise_on_bad_rows, read_source
 from ray_app.splits import SplitReader, check_access, plan_splits, write_splits
+from serve.bundle import export_bundle, load_bundle
 from trainers.baseline import LoopParams, fit_baseline
 from trainers.checkpoint import selected_model
 from trainers.model import build_classifier, save_classifier
