@@ -34,10 +34,12 @@ def _accepted_counts(rank: np.ndarray, num_thresholds: int, keys: np.ndarray | N
 
 
 def accepted_and_correct(
-    confidence: np.ndarray, correct: np.ndarray, thresholds: np.ndarray
+    confidence: np.ndarray, correct: np.ndarray, thresholds: np.ndarray, rank: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(accepted, correct among accepted) per ascending candidate threshold."""
-    rank = np.searchsorted(thresholds, confidence, side="right")
+    """(accepted, correct among accepted) per ascending candidate threshold. `rank`
+    (searchsorted of confidence in thresholds) can be passed when already computed."""
+    if rank is None:
+        rank = np.searchsorted(thresholds, confidence, side="right")
     num = len(thresholds)
     return _accepted_counts(rank, num)[:, 0], _accepted_counts(rank[correct], num)[:, 0]
 
@@ -54,7 +56,7 @@ def sweep_thresholds(
     n, num = len(confidence), len(thresholds)
     rank = np.searchsorted(thresholds, confidence, side="right")
     correct = preds == labels
-    accepted, right = accepted_and_correct(confidence, correct, thresholds)
+    accepted, right = accepted_and_correct(confidence, correct, thresholds, rank)
     true_pos = _accepted_counts(rank[correct], num, labels[correct], num_classes)
     pred_count = _accepted_counts(rank, num, preds, num_classes)
     label_count = _accepted_counts(rank, num, labels, num_classes)

@@ -68,6 +68,17 @@ def _print_splits(run: Run) -> None:
     print(f"  -> {run.splits_dir / 'splits.json'}")
 
 
+def _preflight(cfg: AppConfig) -> None:
+    """Problems that need no Ray (missing data path, backbone that cannot load) stop
+    before Ray starts; then Ray is started or joined."""
+    from ray_app.pipeline import init_ray, resolve_input_spec
+    from ray_app.sources import check_source_exists
+
+    check_source_exists(cfg.data.source)
+    resolve_input_spec(cfg)
+    init_ray(cfg)
+
+
 def cmd_splits(args: argparse.Namespace) -> int:
     from ray_app.pipeline import ensure_splits, init_ray
     from ray_app.sources import check_source_exists
@@ -87,14 +98,10 @@ def _add_splits_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ray_app.pipeline import ensure_splits, init_ray, resolve_input_spec, run_training
-    from ray_app.sources import check_source_exists
+    from ray_app.pipeline import ensure_splits, run_training
 
     cfg, run = _load(args)
-    # Problems that need no Ray stop before Ray starts.
-    check_source_exists(cfg.data.source)
-    resolve_input_spec(cfg)
-    init_ray(cfg)
+    _preflight(cfg)
     reader = ensure_splits(cfg, run)
     print(f"run {run.name}: training {cfg.training.mode} for up to {cfg.training.epochs} epochs "
           f"on {cfg.scaling.num_workers} worker(s)")
@@ -186,13 +193,10 @@ def _print_summary(run: Run) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ray_app.pipeline import init_ray, resolve_input_spec, run_pipeline
-    from ray_app.sources import check_source_exists
+    from ray_app.pipeline import run_pipeline
 
     cfg, run = _load(args)
-    check_source_exists(cfg.data.source)
-    resolve_input_spec(cfg)
-    init_ray(cfg)
+    _preflight(cfg)
     print(f"run {run.name} ({run.root})", flush=True)
     run_pipeline(cfg, run, echo=lambda line: print(line, flush=True))
     _print_summary(run)

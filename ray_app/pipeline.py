@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -389,7 +390,7 @@ def run_export(cfg: AppConfig, run: Run) -> dict[str, Any]:
 # --- everything -------------------------------------------------------------------------
 
 
-def run_pipeline(cfg: AppConfig, run: Run, echo: Any = print) -> dict[str, Any]:
+def run_pipeline(cfg: AppConfig, run: Run, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Every stage in order. A stage complete for the same config is skipped, until one
     stage runs: everything after it then runs too (its inputs changed)."""
     rerun = False
