@@ -71,11 +71,12 @@ def _print_splits(run: Run) -> None:
 def _preflight(cfg: AppConfig) -> None:
     """Problems that need no Ray (missing data path, backbone that cannot load) stop
     before Ray starts; then Ray is started or joined."""
-    from ray_app.pipeline import init_ray, resolve_input_spec
+    from ray_app.pipeline import check_training_setup, init_ray, resolve_input_spec
     from ray_app.sources import check_source_exists
 
     check_source_exists(cfg.data.source)
     resolve_input_spec(cfg)
+    check_training_setup(cfg)
     init_ray(cfg)
 
 
@@ -186,6 +187,7 @@ def _print_summary(run: Run) -> None:
         (f"policy {policy['rule']}", f"coverage {policy['coverage']:.3f}, accepted accuracy {accepted}, "
                                       f"assist {policy['assist_rate']:.3f}, abstain {policy['abstain_rate']:.3f}"),
         ("bundle", f"{export['bundle']} (verified; {export['model_version']})"),
+        ("serve it", f"ray-app serve {export['bundle']}"),
     ]
     print(f"\nrun {run.name}")
     for label, value in rows:
@@ -200,6 +202,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"run {run.name} ({run.root})", flush=True)
     run_pipeline(cfg, run, echo=lambda line: print(line, flush=True))
     _print_summary(run)
+    return 0
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", help="bundle directory, e.g. runs/<name>/bundle")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1, loopback only)")
+    parser.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    parser.add_argument("--config", help="YAML of serve settings (see serve/config.py: batching, replicas, limits, policy)")
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the Ray Serve config file for these settings (for `serve deploy`) and exit",
+    )
+    _override_argument(parser)
+    parser.epilog = (parser.epilog or "") + (
+        "\n\nA token (env RAY_APP_SERVE_TOKEN or -o token=...) makes every request but "
+        "/healthz need 'Authorization: Bearer <token>'."
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from ray_app.serving import load_serve_config, serve_until_stopped
+
+    config = load_serve_config(args.bundle, args.config, args.override, args.host, args.port)
+    if args.print_config:
+        import yaml
+
+        from serve.app import serve_deploy_config
+
+        print(f"# serve deploy FILE   (written by: ray-app serve {args.bundle} --print-config)")
+        print("# Edit user_config and deploy again to change the policy in place; a token comes")
+        print("# from RAY_APP_SERVE_TOKEN on the cluster or args.token.")
+        print(yaml.safe_dump(serve_deploy_config([config], include_token=False), sort_keys=False), end="")
+        return 0
+    serve_until_stopped(config, echo=lambda line: print(line, flush=True))
     return 0
 
 
@@ -288,6 +325,12 @@ COMMANDS: dict[str, Command] = {
         example="ray-app export sklearn_digits_vit_baseline_lr0.002_s0",
         add_arguments=_target_arguments,
         handler=cmd_export,
+    ),
+    "serve": Command(
+        help="serve a bundle on Ray Serve: POST /predict, GET /healthz, /metadata (Ctrl-C stops)",
+        example="ray-app serve runs/sklearn_digits_vit_baseline_lr0.002_s0/bundle --port 8000 -o max_batch_size=64",
+        add_arguments=_serve_arguments,
+        handler=cmd_serve,
     ),
     "runs": Command(
         help="list runs or show one (found by scanning the runs root)",

@@ -12,14 +12,16 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from calibration.config import CalibrationConfig
 from ray_app.errors import ConfigError
 from trainers.config import ModelConfig, ScalingConfig, StrictModel, TrainingConfig
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val_select", "val_calib", "val_test")
 IMAGE_SOURCES = {"sklearn_digits", "image_folder"}
@@ -151,6 +153,11 @@ class AppConfig(StrictModel):
                     "a text dataset on a backbone built from model.backbone.config needs "
                     "model.preprocessing.tokenizer (a local tokenizer directory)"
                 )
+        if self.training.mode == "peft" and self.model.freeze_backbone:
+            problems.append(
+                "model.freeze_backbone trains the head alone and training.mode: peft trains "
+                "adapters on the backbone: choose one"
+            )
         unknown = [f for f in name_placeholders(self.name_pattern) if not _placeholder_ok(self, f)]
         if unknown:
             problems.append(
@@ -285,11 +292,11 @@ def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> str | 
     return None
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
     loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         parent = list(error["loc"][:-1])
-        known = _known_fields(parent)
+        known = _known_fields(parent, root)
         close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
         return f"{loc}: unknown key{hint}"
@@ -299,25 +306,32 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{loc}: {message}{shown}"
 
 
-def _known_fields(path: list[Any]) -> list[str]:
-    model: Any = AppConfig
+def _known_fields(path: list[Any], root: type[BaseModel]) -> list[str]:
+    model: Any = root
     for part in path:
         field = getattr(model, "model_fields", {}).get(str(part))
         if field is None:
             return []
-        model = field.annotation
+        # An optional section (`PeftConfig | None`): its keys are the model's.
+        members = get_args(field.annotation) or (field.annotation,)
+        model = next((m for m in members if hasattr(m, "model_fields")), field.annotation)
     return sorted(getattr(model, "model_fields", {}))
 
 
-def validate_config(raw: dict[str, Any], source: str = "config") -> AppConfig:
+def validate_model(model: type[ModelT], raw: dict[str, Any], source: str) -> ModelT:
+    """Validate `raw` as `model`, every problem reported at once with its dotted path."""
     try:
-        return AppConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([_describe(e) for e in exc.errors()], source) from None
+        raise ConfigError([_describe(e, model) for e in exc.errors()], source) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> AppConfig:
-    path = Path(path)
+def validate_config(raw: dict[str, Any], source: str = "config") -> AppConfig:
+    return validate_model(AppConfig, raw, source)
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping, or a ConfigError saying why not."""
     if not path.is_file():
         raise ConfigError([f"config file '{path}' does not exist"], str(path))
     try:
@@ -326,11 +340,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> AppConf
         raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
     if not isinstance(raw, dict):
         raise ConfigError(["the top level must be a mapping of sections"], str(path))
-    parsed, problems = parse_overrides(overrides or [])
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> list[str]:
+    """Apply `-o dotted.key=value` overrides to `raw` in place; returns the problems."""
+    parsed, problems = parse_overrides(overrides)
     for key_path, value in parsed:
         problem = _apply_override(raw, key_path, value)
         if problem:
             problems.append(problem)
+    return problems
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> AppConfig:
+    path = Path(path)
+    raw = read_yaml_mapping(path)
+    problems = apply_overrides(raw, overrides or [])
     try:
         cfg = validate_config(raw, str(path))
     except ConfigError as exc:

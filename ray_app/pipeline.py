@@ -122,6 +122,19 @@ def resolve_input_spec(cfg: AppConfig) -> ImageSpec | TextSpec:
         ) from None
 
 
+def check_training_setup(cfg: AppConfig) -> None:
+    """A PEFT plan that cannot work (targets matching nothing, too many unfrozen blocks)
+    is a user error, found on the driver from the backbone's module names alone."""
+    if cfg.training.mode != "peft":
+        return
+    from trainers.adapters import PeftSetupError, check_peft_setup
+
+    try:
+        check_peft_setup(cfg.model, cfg.training.peft)
+    except PeftSetupError as exc:
+        raise UserError(str(exc)) from None
+
+
 def _failure_injection() -> int | None:
     value = os.environ.get(FAIL_AT_EPOCH_ENV)
     return int(value) if value else None
@@ -132,6 +145,7 @@ def run_training(cfg: AppConfig, run: Run, reader: SplitReader) -> dict[str, Any
     summary = reader.summary()
     label_names: list[str] = summary["label_names"]
     spec = resolve_input_spec(cfg)
+    check_training_setup(cfg)
     with run.stage("train", stage_fingerprint(cfg, "train")) as details:
         # A new training never resumes an older one's checkpoints.
         shutil.rmtree(run.train_dir, ignore_errors=True)

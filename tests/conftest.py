@@ -4,6 +4,8 @@ shared by many assertions (a TorchTrainer costs ~20 s to start on CI's 2 cores).
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +29,8 @@ def ray_local():
     # Ray Train hands the driver's DataContext to its workers: switch bars off here too.
     ray.data.DataContext.get_current().enable_progress_bars = False
     # 4 logical CPUs on a 2-core machine: room for two train workers plus Ray Data.
-    ray.init(num_cpus=4)
-    yield
+    context = ray.init(num_cpus=4)
+    yield context
     ray.shutdown()
 
 
@@ -43,3 +45,41 @@ def smoke_run(ray_local, tmp_path_factory):
     reader = ensure_splits(cfg, run)
     run_training(cfg, run, reader)
     return cfg, run
+
+
+@pytest.fixture(scope="session")
+def calibrated(smoke_run):
+    """The smoke run calibrated and evaluated: (cfg, run, val_test metrics)."""
+    from ray_app.pipeline import run_calibration, run_evaluation
+
+    cfg, run = smoke_run
+    run_calibration(cfg, run)
+    metrics = run_evaluation(cfg, run)
+    return cfg, run, metrics
+
+
+@pytest.fixture(scope="session")
+def smoke_bundle(calibrated) -> Path:
+    """The calibrated smoke run exported: its bundle directory."""
+    from ray_app.pipeline import run_export
+
+    cfg, run, _ = calibrated
+    return Path(run_export(cfg, run)["bundle"])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_local) -> Iterator[int]:
+    """Ray Serve on the session's Ray, its proxy on a free loopback port; apps are
+    deployed by the tests and everything stops at the end of the session."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()

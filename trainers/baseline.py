@@ -1,4 +1,4 @@
-"""The baseline training recipe on Ray Train: setup -> train loop -> validate -> save.
+"""The training recipe on Ray Train: setup -> train loop -> validate -> save.
 
 `train_loop_per_worker` runs on every worker. It builds the classifier from the same
 seed on every rank, wraps it for DDP, and each epoch: trains on its shard of `train`,
@@ -6,6 +6,10 @@ validates on `val_select` (batches spread over ranks, predictions gathered), pic
 best epoch by the early-stopping metric, and reports a checkpoint from rank 0. A
 restarted worker group finds the latest checkpoint with `ray.train.get_checkpoint()`
 and continues from the epoch after it, so a killed worker costs at most one epoch.
+
+`training.mode: peft` runs the same loop on a classifier whose backbone carries peft
+adapters (trainers.adapters): only the trainable tensors are optimised and
+checkpointed, and the frozen base is rebuilt from the seed on resume.
 
 `fit_baseline` is the driver side: one TorchTrainer, then the selected checkpoint.
 """
@@ -34,6 +38,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import get_cosine_schedule_with_warmup
 
+from trainers.adapters import PeftSetup, check_peft_setup
 from trainers.checkpoint import load_checkpoint, read_state, save_checkpoint
 from trainers.config import ModelConfig, ScalingConfig, TrainingConfig
 from trainers.model import Classifier, build_classifier
@@ -184,6 +189,18 @@ class TrainShardCache:
         self.parts = []
 
 
+def peft_setup_of(params: LoopParams) -> PeftSetup | None:
+    if params.training.mode != "peft" or params.training.peft is None:
+        return None
+    return PeftSetup(model=params.model, peft=params.training.peft, num_labels=params.num_labels, seed=params.seed)
+
+
+def describe_trainable(model: torch.nn.Module) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
+
+
 # --- the loop -------------------------------------------------------------------------
 
 
@@ -198,7 +215,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # --- setup ---
     torch.manual_seed(params.seed)  # identical initial weights on every rank
-    model = build_classifier(model_cfg, params.num_labels)
+    peft_setup = peft_setup_of(params)
+    model = peft_setup.build() if peft_setup is not None else build_classifier(model_cfg, params.num_labels)
+    if rank == 0:
+        logger.info(describe_trainable(model))
     ddp_model = ray.train.torch.prepare_model(model)  # moves to device; DDP when world > 1
     optimizer = torch.optim.AdamW(param_groups(model, training.weight_decay), lr=training.lr)
     rows_per_worker = math.ceil(params.train_rows / world)
@@ -299,7 +319,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             report_checkpoint = None
             if rank == 0:
-                save_checkpoint(Path(tmp), model, ema_model, optimizer, scheduler, state)
+                save_checkpoint(Path(tmp), model, ema_model, optimizer, scheduler, state, peft_setup)
                 write_metrics_history(state["history"], Path(params.metrics_dir))
                 report_checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(row, checkpoint=report_checkpoint)
@@ -323,6 +343,10 @@ def fit_baseline(
 
     if set(datasets) != {"train", "val_select"}:
         raise ValueError(f"training takes exactly train and val_select, got {sorted(datasets)}")
+    if params.training.mode == "peft" and params.training.peft is not None:
+        # Here, not in a worker: there a bad target would fail every group restart.
+        plan = check_peft_setup(params.model, params.training.peft)
+        logger.info(f"peft {params.training.peft.method} r={params.training.peft.r}: {plan.describe()}")
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"params": params},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class StrictModel(BaseModel):
@@ -135,10 +135,78 @@ class EarlyStoppingConfig(StrictModel):
         return "min" if self.metric == "loss" else "max"
 
 
+# peft methods that apply to encoder Linear layers and merge into them for export.
+PeftMethod = Literal["lora", "loha", "lokr"]
+
+
+class PeftConfig(StrictModel):
+    """Adapters on the backbone for `training.mode: peft` (the ExPLoRA recipe when
+    `unfreeze_last_blocks` > 0). The head is always trained in full."""
+
+    method: PeftMethod = Field(
+        default="lora",
+        description="peft method on the targeted Linear layers: lora (low-rank update "
+        "B @ A), loha (Hadamard product of two low-rank updates) or lokr (Kronecker "
+        "product). All merge into plain weights for export.",
+    )
+    r: int = Field(default=8, gt=0, description="Rank of the adapter update.")
+    alpha: float = Field(
+        default=16.0,
+        gt=0.0,
+        description="Scale of the adapter update: it is multiplied by alpha / r.",
+    )
+    dropout: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Adapter dropout during training: on the adapter's input for lora "
+        "(lora_dropout), on the rank components for loha / lokr (rank_dropout).",
+    )
+    target_modules: Literal["auto"] | list[str] = Field(
+        default="auto",
+        description="Linear layers inside the encoder blocks that get adapters. auto: "
+        "every attention and MLP projection of the loaded backbone (q/k/v/o_proj, fc1/fc2 "
+        "on ViT and DINOv2; query/key/value/dense on BERT). A list names layers the peft "
+        "way: a name matches a module whose path ends with it (e.g. q_proj, "
+        "attention.self.query).",
+    )
+    unfreeze_last_blocks: int = Field(
+        default=0,
+        ge=0,
+        description="ExPLoRA: the last N encoder blocks are trained in full (no adapters "
+        "there); adapters go on the blocks before them. 0 trains adapters on every block.",
+    )
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _auto_or_list(cls, value: Any) -> Any:
+        # One message instead of one per member of the union; and a lone string is not
+        # taken as a one-name list (peft would read a string as a regular expression).
+        if value != "auto" and not isinstance(value, list):
+            raise ValueError("use auto or a list of module names, e.g. [q_proj, v_proj]")
+        return value
+
+    @model_validator(mode="after")
+    def _named_targets(self) -> PeftConfig:
+        if isinstance(self.target_modules, list):
+            if not self.target_modules:
+                raise ValueError("target_modules: give at least one module name, or auto")
+            if any(not name.strip() for name in self.target_modules):
+                raise ValueError("target_modules: module names must not be empty")
+        return self
+
+
 class TrainingConfig(StrictModel):
-    mode: Literal["baseline"] = Field(
+    mode: Literal["baseline", "peft"] = Field(
         default="baseline",
-        description="baseline: head (and backbone unless frozen) trained supervised.",
+        description="baseline: head (and backbone unless frozen) trained supervised. "
+        "peft: adapters on the backbone (training.peft) plus the head; the exported "
+        "model has the adapters merged into plain weights.",
+    )
+    peft: PeftConfig | None = Field(
+        default=None,
+        description="Adapter settings for mode peft (defaults when omitted). Setting it "
+        "in mode baseline is an error, so no setting is silently ignored.",
     )
     epochs: int = Field(default=10, ge=1, description="Passes over the train split.")
     batch_size: int = Field(default=64, ge=1, description="Samples per step per worker.")
@@ -175,6 +243,24 @@ class TrainingConfig(StrictModel):
         "memory when it is at most this many MiB and reshuffles it each epoch (no per-epoch "
         "Ray Data restart, no per-batch conversion). 0 always streams from Ray Data.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _peft_defaults_in_peft_mode(cls, data: Any) -> Any:
+        # `-o training.mode=peft` alone should work: fill the section with defaults
+        # before validation, so the resolved config records the values actually used.
+        if isinstance(data, dict) and data.get("mode") == "peft" and data.get("peft") is None:
+            return {**data, "peft": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _peft_only_in_peft_mode(self) -> TrainingConfig:
+        if self.mode != "peft" and self.peft is not None:
+            raise ValueError(
+                f"training.peft applies to training.mode: peft only (mode is {self.mode}); "
+                "remove training.peft or set training.mode: peft"
+            )
+        return self
 
 
 class ScalingConfig(StrictModel):

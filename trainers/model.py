@@ -25,6 +25,10 @@ def build_backbone(backbone: BackboneConfig) -> PreTrainedModel:
         model = AutoModel.from_config(AutoConfig.for_model(model_type, **kwargs))
     else:
         model = AutoModel.from_pretrained(backbone.id)
+    return drop_pooler(model)
+
+
+def drop_pooler(model: PreTrainedModel) -> PreTrainedModel:
     # We pool the hidden states ourselves. A built-in pooler would be a layer that gets
     # no gradient, which DDP reports as an error on every step.
     if getattr(model, "pooler", None) is not None:
@@ -89,6 +93,13 @@ def save_classifier(
 ) -> None:
     """Weights as safetensors, the backbone's HF config, and what is needed to rebuild
     the classifier without the run's config (`classifier.json`)."""
+    if not isinstance(model.backbone, PreTrainedModel):
+        # A peft-wrapped backbone would save adapter names that load_classifier (and
+        # the bundle and serving, which have no peft) cannot read.
+        raise ValueError(
+            f"save_classifier takes a plain transformers backbone, got {type(model.backbone).__name__}: "
+            "merge the adapters first (trainers.adapters.merge_adapters)"
+        )
     directory.mkdir(parents=True, exist_ok=True)
     save_model(model, str(directory / WEIGHTS_FILE))
     model.backbone.config.save_pretrained(directory / BACKBONE_CONFIG_DIR)
@@ -106,9 +117,7 @@ def save_classifier(
 def load_classifier(directory: Path) -> tuple[Classifier, dict[str, Any]]:
     """Rebuild a saved classifier from its own files (no pickle, no run config)."""
     spec = json.loads((directory / CLASSIFIER_FILE).read_text())
-    backbone = AutoModel.from_config(AutoConfig.from_pretrained(directory / BACKBONE_CONFIG_DIR))
-    if getattr(backbone, "pooler", None) is not None:
-        backbone.pooler = None
+    backbone = drop_pooler(AutoModel.from_config(AutoConfig.from_pretrained(directory / BACKBONE_CONFIG_DIR)))
     model = Classifier(
         backbone,
         num_labels=spec["num_labels"],

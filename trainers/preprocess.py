@@ -111,7 +111,15 @@ def decode_image(content: bytes, spec: ImageSpec) -> np.ndarray:
         image = image.convert("L" if spec.num_channels == 1 else "RGB")
         if image.size != (spec.image_size, spec.image_size):
             image = image.resize((spec.image_size, spec.image_size), Image.Resampling.BILINEAR)
-        pixels = np.asarray(image, dtype=np.float32) / 255.0
+        pixels = np.asarray(image, dtype=np.float32)
+    return normalize_pixels(pixels, spec)
+
+
+def normalize_pixels(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """Pixel values 0..255 as (H, W) or (H, W, C) -> float32 (C, H, W) scaled to [0, 1]
+    and normalised by mean/std. Decoded images and raw pixel arrays (serving) both end
+    here, so the two can never be normalised differently."""
+    pixels = np.asarray(pixels, dtype=np.float32) / 255.0
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     mean = np.asarray(spec.mean, dtype=np.float32)

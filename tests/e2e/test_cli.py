@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import json
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +15,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import requests
+import yaml
 from PIL import Image
 
 from ray_app.cli import COMMANDS, main
-from tests.conftest import REPO, SMOKE
+from tests.conftest import REPO, SMOKE, free_port
 
 
 def cli(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -126,4 +132,85 @@ def test_train_then_runs_list_and_show(tmp_path: Path) -> None:
     assert "[2/5] train     complete for this config, skipped" in ran.stdout
     assert "[5/5] export    done in" in ran.stdout
     assert "val_test accuracy" in ran.stdout and "(verified; smoke_vit_baseline_s0@" in ran.stdout
-    assert (root / "smoke_vit_baseline_s0" / "bundle" / "bundle.json").is_file()
+    bundle = root / "smoke_vit_baseline_s0" / "bundle"
+    assert (bundle / "bundle.json").is_file()
+    assert f"ray-app serve {bundle}" in ran.stdout  # the summary says how to serve it
+
+    # then serve the bundle and get one prediction over HTTP, as the README shows
+    answer = serve_one_prediction(bundle, root / "smoke_vit_baseline_s0" / "splits" / "val_test")
+    assert answer["model_version"] == json.loads((bundle / "bundle.json").read_text())["model_version"]
+    assert answer["predictions"][0]["decision"] in ("accept", "assist", "abstain")
+
+
+def serve_one_prediction(bundle: Path, val_test: Path) -> dict:
+    """`ray-app serve BUNDLE` in its own process: wait for its URL, POST one PNG from
+    val_test, stop it with Ctrl-C and check it exits cleanly."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ray_app", "serve", str(bundle), "--port", str(port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    try:
+        for line in server.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("serving at "):
+                break
+        assert lines and lines[-1].startswith(f"serving at http://127.0.0.1:{port}/predict"), "".join(lines[-40:])
+        image = pq.read_table(val_test).column("image")[0].as_py()
+        response = requests.post(f"http://127.0.0.1:{port}/predict",
+                                 json={"inputs": [{"image": base64.b64encode(image).decode()}]}, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+    finally:
+        server.send_signal(signal.SIGINT)
+        rest, _ = server.communicate(timeout=120)
+        assert server.returncode == 0, "".join(lines[-20:]) + rest[-3000:]
+        assert "stopping" in rest and "Traceback" not in rest
+
+
+def test_serve_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
+    assert_user_error(cli("serve", str(tmp_path)), "is not a bundle: it has no bundle.json")
+    bundle = make_bundle(tmp_path)
+    weights = bundle / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"x")
+    assert_user_error(cli("serve", str(bundle)), "do not match their sha256")
+    bundle = make_bundle(tmp_path / "again")
+    assert_user_error(cli("serve", str(bundle), "-o", "max_batch_size=0", "-o", "max_batchsize=4"),
+                      "max_batch_size: Input should be greater than or equal to 1", "did you mean 'max_batch_size'?")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = cli("serve", str(bundle), "--port", str(taken.getsockname()[1]))
+    assert_user_error(busy, "cannot listen on 127.0.0.1:", "choose another with --port")
+
+
+def test_serve_print_config_is_a_serve_deploy_file(tmp_path: Path) -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    bundle = make_bundle(tmp_path)
+    printed = cli("serve", str(bundle), "--print-config", "-o", "token=secret", "-o", "top_k=5")
+    assert printed.returncode == 0, printed.stderr
+    written = yaml.safe_load(printed.stdout)
+    ServeDeploySchema.model_validate(written)
+    app = written["applications"][0]
+    assert app["args"]["bundle"] == str(bundle) and "token" not in app["args"]
+    assert app["deployments"][0]["user_config"]["top_k"] == 5
+    assert "secret" not in printed.stdout
+
+
+def make_bundle(directory: Path) -> Path:
+    """A small untrained image bundle (no Ray)."""
+    import torch
+
+    from calibration.policy import Policy
+    from serve.bundle import export_bundle
+    from tests.unit.test_model import model_cfg
+    from trainers.model import build_classifier, save_classifier
+    from trainers.preprocess import ImageSpec
+
+    torch.manual_seed(0)
+    cfg = model_cfg()
+    save_classifier(build_classifier(cfg, 3), cfg, ["a", "b", "c"], directory / "model",
+                    extra={"preprocessing": ImageSpec(8, 1, (0.5,), (0.5,)).to_dict()})
+    return export_bundle(directory / "model", Policy(), directory / "bundle", {"run": "cli"})

@@ -32,14 +32,6 @@ def test_tune_sweep_matches_exhaustive_grid(tmp_path: Path) -> None:
     assert best["feasible"] and best["assist_rate"] <= 0.15
 
 
-@pytest.fixture(scope="module")
-def calibrated(smoke_run):
-    cfg, run = smoke_run
-    run_calibration(cfg, run)
-    metrics = run_evaluation(cfg, run)
-    return cfg, run, metrics
-
-
 def test_calibration_writes_every_artifact(calibrated) -> None:
     _, run, _ = calibrated
     out = run.root / "calibration"

@@ -1,0 +1,304 @@
+"""The Ray Serve application: a FastAPI ingress in front of one bundle.
+
+    POST /predict    a batch of images / pixel arrays / texts -> calibrated answers
+    GET  /healthz    liveness (no token needed, so probes can call it)
+    GET  /metadata   model version, labels, input format, the policy in force, limits
+    GET  /docs, /openapi.json   the schema FastAPI generates
+
+Every input of every request goes through one `@serve.batch` method, so inputs from
+different callers share a forward pass. Batch size and wait, top-k and the policy are
+`user_config`: changing them calls `reconfigure` on the running replicas, no restart.
+
+The FastAPI app is built per replica (`__serve_build_asgi_app__`), after the
+constructor, so its body-size limit and token come from that replica's settings.
+
+`build_app` is the importable builder for `serve run` / `serve deploy`:
+
+    serve run serve.app:build_app bundle=runs/<name>/bundle
+"""
+
+# No `from __future__ import annotations` here: Serve pickles the deployment class by
+# value, which drops module globals that only string annotations mention, and FastAPI
+# needs the real `Request` annotation to recognise the route parameter.
+import asyncio
+import hmac
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import SecretStr, ValidationError
+from ray import serve
+from ray.serve import Application
+
+from calibration.policy import Policy
+from serve.bundle import load_bundle, verify_bundle
+from serve.config import TOKEN_ENV, ServeConfig
+from serve.predictor import BundlePredictor, InputError, ModelInput, PredictRequest, PredictResponse
+
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+
+
+def error_response(status: int, error: str, detail: Any) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+def validation_detail(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"].removeprefix("Value error, ")}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+class RequestGate:
+    """ASGI middleware run before the app reads anything: a request without the token
+    gets 401, and a body over `max_body_bytes` gets 413 (by Content-Length when sent,
+    else by counting the chunks as they arrive)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, token: str | None) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.token = token
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if not self._authorized(scope, headers):
+            response = error_response(401, "unauthorized", "send the header 'Authorization: Bearer <token>'")
+            response.headers["WWW-Authenticate"] = "Bearer"
+            await response(scope, receive, send)
+            return
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        messages, size = [], 0
+        while True:  # buffer the body: small by construction (<= max_body_bytes)
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.max_body_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+
+        async def replay() -> dict[str, Any]:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    def _authorized(self, scope: dict[str, Any], headers: dict[bytes, bytes]) -> bool:
+        if self.token is None:
+            return True
+        path, prefix = scope.get("path", ""), scope.get("root_path", "")
+        if prefix and path.startswith(prefix):
+            path = path[len(prefix):] or "/"
+        if path in OPEN_PATHS:
+            return True
+        scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
+
+    async def _too_large(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        reason = f"the request body is over the limit of {self.max_body_bytes} bytes; send fewer or smaller inputs"
+        await error_response(413, "request too large", reason)(scope, receive, send)
+
+
+@serve.deployment
+@serve.ingress()
+class ClassifierDeployment:
+    def __init__(self, config: ServeConfig) -> None:
+        import torch
+
+        if config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
+        self.config = config
+        device = "cuda" if config.num_gpus_per_replica > 0 and torch.cuda.is_available() else "cpu"
+        self.predictor = BundlePredictor(load_bundle(Path(config.bundle)), config.max_image_pixels, device)
+        self.token = config.token.get_secret_value() if config.token else None
+        self.started_at = time.time()
+        # Counters in /metadata: how well requests from different callers are batched.
+        self.stats = {"requests": 0, "inputs": 0, "forward_passes": 0, "largest_batch": 0}
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.reconfigure(config.user_config())
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply a new policy / top-k / batching on the running replica."""
+        policy = user_config.get("policy")
+        self.policy = Policy.model_validate(policy) if policy else self.predictor.bundle.policy
+        self.top_k = int(user_config.get("top_k") or self.config.top_k)
+        self.max_batch_size = int(user_config.get("max_batch_size") or self.config.max_batch_size)
+        wait = user_config.get("batch_wait_timeout_s")
+        self.batch_wait_timeout_s = float(self.config.batch_wait_timeout_s if wait is None else wait)
+        self.forward_batch.set_max_batch_size(self.max_batch_size)
+        self.forward_batch.set_batch_wait_timeout_s(self.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def forward_batch(self, inputs: list[ModelInput]) -> list[np.ndarray]:
+        # The forward runs in a thread so the event loop keeps parsing requests and
+        # filling the next batch meanwhile.
+        logits = await asyncio.to_thread(self.predictor.logits, inputs)
+        self.stats["forward_passes"] += 1
+        self.stats["inputs"] += len(inputs)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(inputs))
+        return list(logits)
+
+    async def predict(self, request: PredictRequest) -> PredictResponse:
+        inputs = self.predictor.prepare(request, self.config.max_inputs_per_request)
+        self.stats["requests"] += 1
+        logits = np.stack(await asyncio.gather(*(self.forward_batch(x) for x in inputs)))
+        # The policy is read after the forward: a reconfigure applies to every answer
+        # sent after it.
+        predictions = self.predictor.answer(logits, self.policy, request.top_k or self.top_k)
+        return PredictResponse(model_version=self.predictor.bundle.model_version, predictions=predictions)
+
+    def metadata(self) -> dict[str, Any]:
+        bundle = self.predictor.bundle
+        return {
+            "model_version": bundle.model_version,
+            "run": bundle.manifest.get("run"),
+            "splits_fingerprint": bundle.manifest.get("splits_fingerprint"),
+            "label_names": self.predictor.label_names,
+            "input": self.predictor.input_description(),
+            "policy": self.policy.model_dump(),
+            "top_k": self.top_k,
+            "batching": {
+                "max_batch_size": self.max_batch_size,
+                "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            },
+            "limits": {
+                "max_inputs_per_request": self.config.max_inputs_per_request,
+                "max_body_bytes": self.config.max_body_bytes,
+                "max_image_pixels": self.config.max_image_pixels,
+            },
+            "versions": bundle.manifest.get("versions", {}),
+            "replica": {"id": self.replica_id, "started_at": self.started_at, **self.stats},
+            "token_required": self.token is not None,
+        }
+
+    def check_health(self) -> None:
+        """Serve's own health check: the model is loaded and answers."""
+        if self.predictor.model is None:
+            raise RuntimeError("model not loaded")
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        app = FastAPI(
+            title="ray-app classifier",
+            version=self.predictor.bundle.model_version,
+            description="Calibrated predictions with accept / assist / abstain decisions from a verified ray-app bundle.",
+        )
+
+        @app.post(
+            "/predict",
+            response_model=PredictResponse,
+            openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}}},
+            responses={400: {"description": "invalid JSON"}, 401: {"description": "missing or wrong token"},
+                       413: {"description": "body or image too large"}, 422: {"description": "inputs the model cannot take"}},
+        )
+        async def predict_route(request: Request) -> Any:
+            # The body is parsed here rather than by FastAPI so every kind of bad request
+            # gets the same {"error", "detail"} shape and a specific status.
+            try:
+                payload = json.loads(await request.body())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                return error_response(400, "invalid JSON", f"the body is not valid JSON ({exc})")
+            try:
+                parsed = PredictRequest.model_validate(payload)
+            except ValidationError as exc:
+                return error_response(422, "invalid request", validation_detail(exc))
+            try:
+                return await self.predict(parsed)
+            except InputError as exc:
+                return error_response(exc.status, "invalid input", str(exc))
+
+        @app.get("/healthz")
+        async def healthz() -> dict[str, str]:
+            return {"status": "ok", "model_version": self.predictor.bundle.model_version}
+
+        @app.get("/metadata")
+        async def metadata() -> dict[str, Any]:
+            return self.metadata()
+
+        _register_request_schema(app)
+        app.add_middleware(RequestGate, max_body_bytes=self.config.max_body_bytes, token=self.token)
+        return app
+
+
+def _register_request_schema(app: FastAPI) -> None:
+    """Put PredictRequest (and its nested models) into the OpenAPI components, since
+    /predict reads its body itself."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            request_schema = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(request_schema.pop("$defs", {}))
+            components["PredictRequest"] = request_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def build_app(args: ServeConfig) -> Application:
+    """The Serve application for one bundle (also the `serve run` / `serve deploy`
+    import path: `serve.app:build_app`). The bundle is verified here first, so a bad
+    bundle fails the deploy with its reason instead of replicas failing one by one."""
+    bundle = Path(args.bundle).resolve()
+    verify_bundle(bundle)
+    if args.policy is not None:
+        Policy.model_validate(args.policy)
+    token = args.token.get_secret_value() if args.token else os.environ.get(TOKEN_ENV)
+    config = args.model_copy(update={"bundle": str(bundle), "token": SecretStr(token) if token else None})
+    scaling: dict[str, Any] = (
+        {"autoscaling_config": config.autoscaling.model_dump()} if config.autoscaling else {"num_replicas": config.num_replicas}
+    )
+    return ClassifierDeployment.options(
+        name="classifier",
+        max_ongoing_requests=config.max_ongoing_requests,
+        ray_actor_options={"num_cpus": config.num_cpus_per_replica, "num_gpus": config.num_gpus_per_replica},
+        user_config=config.user_config(),
+        **scaling,
+    ).bind(config)
+
+
+# Settings that Serve changes on running replicas: user_config (through reconfigure)
+# and the replica count / concurrency. Everything else is a builder argument, and a
+# changed argument makes Serve rebuild the application.
+USER_CONFIG_FIELDS = ("policy", "top_k", "max_batch_size", "batch_wait_timeout_s")
+LISTEN_FIELDS = ("host", "port")
+
+
+def serve_deploy_config(configs: list[ServeConfig], include_token: bool = True) -> dict[str, Any]:
+    """A Serve config file (ServeDeploySchema) for these apps: what `serve deploy` takes.
+
+    The policy, top-k and batching sit in the deployment's `user_config`, not in the
+    builder's args, so redeploying with only those changed reaches the running replicas
+    through `reconfigure` instead of rebuilding the app."""
+    if len({(c.host, c.port) for c in configs}) > 1:
+        raise ValueError("every application of one Serve instance listens on the same host and port")
+    applications = []
+    for config in configs:
+        args = config.model_dump(mode="json", exclude=set(USER_CONFIG_FIELDS) | set(LISTEN_FIELDS) | {"token"})
+        if include_token and config.token is not None:
+            args["token"] = config.token.get_secret_value()
+        deployment: dict[str, Any] = {"name": "classifier", "user_config": config.user_config(),
+                                      "max_ongoing_requests": config.max_ongoing_requests}
+        if config.autoscaling is not None:
+            deployment["autoscaling_config"] = config.autoscaling.model_dump()
+        else:
+            deployment["num_replicas"] = config.num_replicas
+        applications.append({"name": config.app_name, "route_prefix": config.route_prefix,
+                             "import_path": "serve.app:build_app", "args": args, "deployments": [deployment]})
+    return {"http_options": {"host": configs[0].host, "port": configs[0].port}, "applications": applications}
+

@@ -1,0 +1,115 @@
+"""Typed settings of the Serve application: where it listens, how it batches and
+scales, what it accepts, and the policy override applied through `reconfigure`.
+
+`ServeConfig` is also the argument model of the importable app builder
+(`serve.app:build_app`), so `serve run` / `serve deploy` config files are validated by
+the same rules as `ray-app serve`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+TOKEN_ENV = "RAY_APP_SERVE_TOKEN"
+
+
+class AutoscalingSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(default=1, ge=0, description="Replicas kept when idle.")
+    max_replicas: int = Field(default=4, ge=1, description="Upper bound on replicas.")
+    target_ongoing_requests: float = Field(
+        default=16.0,
+        gt=0.0,
+        description="Ongoing requests per replica the autoscaler aims for; with batching, "
+        "about the batch size keeps batches full without queueing too long.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.min_replicas must be <= autoscaling.max_replicas")
+        return self
+
+
+class ServeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: str = Field(description="Bundle directory (runs/<name>/bundle) to serve.")
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the HTTP proxy binds to. Loopback by default; 0.0.0.0 exposes "
+        "the endpoint to the network, so set a token then.",
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
+    route_prefix: str = Field(default="/", description="Path prefix the app is mounted at.")
+    app_name: str = Field(default="ray-app", description="Serve application name.")
+    token: SecretStr | None = Field(
+        default=None,
+        description=f"Bearer token every request must carry. Unset: read from ${TOKEN_ENV}; "
+        "if that is unset too, no token is required.",
+    )
+    max_batch_size: int = Field(
+        default=32, ge=1, description="Inputs per model forward; inputs from different callers share a batch."
+    )
+    batch_wait_timeout_s: float = Field(
+        default=0.005,
+        ge=0.0,
+        description="How long a partial batch waits for more inputs before it runs.",
+    )
+    max_ongoing_requests: int = Field(
+        default=64,
+        ge=1,
+        description="Requests one replica handles at once. Must be >= max_batch_size, or "
+        "a replica can never gather a full batch from separate single-input callers.",
+    )
+    num_replicas: int = Field(default=1, ge=1, description="Fixed replica count (ignored when autoscaling is set).")
+    autoscaling: AutoscalingSettings | None = Field(
+        default=None, description="Scale replicas on ongoing requests instead of a fixed count."
+    )
+    num_cpus_per_replica: float = Field(default=1.0, gt=0.0, description="CPUs reserved per replica.")
+    num_gpus_per_replica: float = Field(default=0.0, ge=0.0, description="GPUs per replica (0: CPU inference).")
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="torch intra-op threads per replica; null keeps torch's default."
+    )
+    max_inputs_per_request: int = Field(
+        default=256, ge=1, description="Inputs one POST /predict may carry; more gets a 422."
+    )
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger gets a 413."
+    )
+    max_image_pixels: int = Field(
+        default=4096 * 4096,
+        ge=1,
+        description="Largest decoded image (width x height) accepted, so a small compressed "
+        "upload cannot expand into gigabytes.",
+    )
+    top_k: int = Field(default=3, ge=1, description="Calibrated probabilities returned per input (capped at the class count).")
+    policy: dict[str, Any] | None = Field(
+        default=None,
+        description="Policy to use instead of the bundle's policy.json (same fields: "
+        "temperature, rule, threshold, center, width). Changing it on a running app goes "
+        "through user_config / reconfigure, without restarting replicas.",
+    )
+
+    @model_validator(mode="after")
+    def _batching_fits_concurrency(self) -> ServeConfig:
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
+                f"({self.max_batch_size}): a replica only batches requests it has accepted"
+            )
+        if not self.route_prefix.startswith("/"):
+            raise ValueError("route_prefix must start with '/'")
+        return self
+
+    def user_config(self) -> dict[str, Any]:
+        """What `reconfigure` receives: the settings that change without a restart."""
+        return {
+            "policy": self.policy,
+            "top_k": self.top_k,
+            "max_batch_size": self.max_batch_size,
+            "batch_wait_timeout_s": self.batch_wait_timeout_s,
+        }

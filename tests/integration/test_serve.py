@@ -1,0 +1,226 @@
+"""The Serve app over real HTTP on loopback, serving the smoke run's bundle: answers
+against the bundle itself, batching across callers, reconfigure without a restart,
+the token, and one test per kind of bad request (each a 4xx with a JSON reason, and
+the server still answers afterwards)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import requests
+from PIL import Image
+
+from serve.bundle import load_bundle
+from serve.config import ServeConfig
+from serve.predictor import BundlePredictor, PredictInput, PredictRequest
+
+LIMITS = {"max_inputs_per_request": 8, "max_body_bytes": 64 * 1024, "top_k": 2,
+          "max_batch_size": 8, "max_ongoing_requests": 32, "batch_wait_timeout_s": 0.05}
+
+
+@pytest.fixture(scope="module")
+def deploy_apps(ray_local, serve_port: int, smoke_bundle: Path):
+    """Deploy apps serving the smoke bundle the way `ray-app serve` / `serve deploy` do
+    (declaratively: the listed apps are the whole desired state)."""
+    from ray_app.serving import deploy
+
+    def apps(**per_app: dict[str, Any]) -> None:
+        configs = [ServeConfig(bundle=str(smoke_bundle), port=serve_port, app_name=name, route_prefix=f"/{name}", **settings)
+                   for name, settings in per_app.items()]
+        deploy(configs, f"http://{ray_local.dashboard_url}")
+
+    return apps
+
+
+@pytest.fixture(scope="module")
+def endpoint(deploy_apps, serve_port: int) -> str:
+    deploy_apps(smoke=LIMITS)
+    return f"http://127.0.0.1:{serve_port}/smoke"
+
+
+@pytest.fixture(scope="module")
+def val_test_images(calibrated) -> tuple[list[bytes], np.ndarray]:
+    _, run, _ = calibrated
+    table = pq.read_table(run.splits_dir / "val_test").to_pydict()
+    return [bytes(b) for b in table["image"][:6]], np.array(table["label_id"][:6])
+
+
+def b64(content: bytes) -> str:
+    return base64.b64encode(content).decode()
+
+
+def pixels_of(content: bytes) -> list[list[float]]:
+    return np.asarray(Image.open(io.BytesIO(content)), dtype=np.float64).tolist()
+
+
+def test_predictions_are_the_bundle_under_its_policy(endpoint: str, smoke_bundle: Path, val_test_images) -> None:
+    images, _ = val_test_images
+    bundle = load_bundle(smoke_bundle)
+    local = BundlePredictor(bundle, max_image_pixels=10**6)
+    request = PredictRequest(inputs=[PredictInput(image=b64(c)) for c in images])
+    expected_logits = local.logits(local.prepare(request, 8))
+    expected = local.answer(expected_logits, bundle.policy, top_k=2)
+
+    response = requests.post(f"{endpoint}/predict", json={"inputs": [{"image": b64(c)} for c in images]}, timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == bundle.model_version
+    assert len(body["predictions"]) == len(images)
+    for got, want in zip(body["predictions"], expected, strict=True):
+        assert got["label_id"] == want.label_id and got["label"] == bundle.spec["label_names"][want.label_id]
+        assert got["confidence"] == pytest.approx(want.confidence, abs=1e-5)
+        assert got["decision"] == want.decision
+        assert [k["label_id"] for k in got["top_k"]] == [k.label_id for k in want.top_k] and len(got["top_k"]) == 2
+        assert got["top_k"][0]["probability"] == pytest.approx(got["confidence"])
+        assert got["top_k"][0]["probability"] >= got["top_k"][1]["probability"]
+
+    # the same images as raw pixel arrays give the same answers (one preprocessing path)
+    as_pixels = requests.post(f"{endpoint}/predict", json={"inputs": [{"pixels": pixels_of(c)} for c in images], "top_k": 1}, timeout=30)
+    assert as_pixels.status_code == 200, as_pixels.text
+    for got, want in zip(as_pixels.json()["predictions"], body["predictions"], strict=True):
+        assert got["label_id"] == want["label_id"] and len(got["top_k"]) == 1
+        assert got["confidence"] == pytest.approx(want["confidence"], abs=1e-5)
+
+
+def test_inputs_from_concurrent_callers_share_forward_passes(endpoint: str, val_test_images) -> None:
+    images, _ = val_test_images
+    before = requests.get(f"{endpoint}/metadata", timeout=10).json()["replica"]
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(
+            lambda i: requests.post(f"{endpoint}/predict", json={"inputs": [{"image": b64(images[i % 6])}]}, timeout=30).status_code,
+            range(32),
+        ))
+    after = requests.get(f"{endpoint}/metadata", timeout=10).json()["replica"]
+    assert codes == [200] * 32
+    assert after["inputs"] - before["inputs"] == 32
+    passes = after["forward_passes"] - before["forward_passes"]
+    assert passes < 32, "every single-input request ran its own forward: no batching across callers"
+    assert 1 < after["largest_batch"] <= LIMITS["max_batch_size"]
+
+
+def test_healthz_metadata_and_openapi(endpoint: str, smoke_bundle: Path) -> None:
+    bundle = load_bundle(smoke_bundle)
+    health = requests.get(f"{endpoint}/healthz", timeout=10)
+    assert health.status_code == 200 and health.json() == {"status": "ok", "model_version": bundle.model_version}
+    meta = requests.get(f"{endpoint}/metadata", timeout=10).json()
+    assert meta["label_names"] == bundle.spec["label_names"]
+    assert meta["input"] == {"kind": "image", "accepts": ["image", "pixels"], "image_size": 8, "num_channels": 1,
+                             "mean": [0.5], "std": [0.5]}
+    assert meta["policy"] == bundle.policy.model_dump()
+    assert meta["limits"]["max_inputs_per_request"] == 8 and meta["batching"]["max_batch_size"] == 8
+    assert meta["splits_fingerprint"] == bundle.manifest["splits_fingerprint"] and not meta["token_required"]
+    schema = requests.get(f"{endpoint}/openapi.json", timeout=10).json()
+    assert {"/predict", "/healthz", "/metadata"} <= set(schema["paths"])
+    request_schema = schema["components"]["schemas"]["PredictRequest"]
+    assert request_schema["properties"]["inputs"]["items"] == {"$ref": "#/components/schemas/PredictInput"}
+    assert {"image", "pixels", "text"} <= set(schema["components"]["schemas"]["PredictInput"]["properties"])
+
+
+def test_reconfigure_changes_decisions_without_a_restart(endpoint: str, deploy_apps, smoke_bundle: Path, val_test_images) -> None:
+    images, _ = val_test_images
+    payload = {"inputs": [{"image": b64(c)} for c in images]}
+    before_meta = requests.get(f"{endpoint}/metadata", timeout=10).json()
+    before = requests.post(f"{endpoint}/predict", json=payload, timeout=30).json()["predictions"]
+    temperature = load_bundle(smoke_bundle).policy.temperature
+    try:
+        # accept nothing: every confidence is below a threshold of 1.0 minus a hair
+        deploy_apps(smoke=LIMITS | {"policy": {"temperature": temperature, "rule": "threshold", "threshold": 0.999999}})
+        after_meta = requests.get(f"{endpoint}/metadata", timeout=10).json()
+        after = requests.post(f"{endpoint}/predict", json=payload, timeout=30).json()["predictions"]
+    finally:
+        deploy_apps(smoke=LIMITS)
+    assert after_meta["replica"]["id"] == before_meta["replica"]["id"]
+    assert after_meta["replica"]["started_at"] == before_meta["replica"]["started_at"]
+    assert after_meta["policy"]["rule"] == "threshold" and after_meta["policy"]["threshold"] == 0.999999
+    assert [p["decision"] for p in after] == ["abstain" if p["confidence"] < 0.999999 else "accept" for p in after]
+    assert [p["label_id"] for p in after] == [p["label_id"] for p in before]  # the model did not change
+    assert [p["decision"] for p in after] != [p["decision"] for p in before]
+    restored = requests.get(f"{endpoint}/metadata", timeout=10).json()
+    assert restored["policy"] == before_meta["policy"] and restored["replica"]["id"] == before_meta["replica"]["id"]
+
+
+def test_a_token_is_required_when_configured(endpoint: str, deploy_apps, serve_port: int, val_test_images) -> None:
+    images, _ = val_test_images
+    deploy_apps(smoke=LIMITS, secure={"token": "s3cret-token"})
+    url = f"http://127.0.0.1:{serve_port}/secure"
+    payload = {"inputs": [{"image": b64(images[0])}]}
+    try:
+        missing = requests.post(f"{url}/predict", json=payload, timeout=30)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert missing.json()["error"] == "unauthorized"
+        wrong = requests.post(f"{url}/predict", json=payload, headers={"Authorization": "Bearer nope"}, timeout=30)
+        assert wrong.status_code == 401
+        assert requests.get(f"{url}/metadata", timeout=10).status_code == 401
+        right = requests.post(f"{url}/predict", json=payload, headers={"Authorization": "Bearer s3cret-token"}, timeout=30)
+        assert right.status_code == 200 and len(right.json()["predictions"]) == 1
+        assert requests.get(f"{url}/healthz", timeout=10).status_code == 200  # probes need no token
+    finally:
+        deploy_apps(smoke=LIMITS)
+    assert requests.get(f"{url}/healthz", timeout=10).status_code == 404  # the secure app is gone
+    assert requests.get(f"{endpoint}/healthz", timeout=10).status_code == 200
+
+
+def _pixels(shape: tuple[int, ...], fill: float = 128.0) -> list[Any]:
+    return np.full(shape, fill).tolist()
+
+
+# (raw body, status, error, a phrase the reason must contain)
+BAD_REQUESTS: dict[str, tuple[bytes, int, str, str]] = {
+    "invalid_json": (b'{"inputs": [', 400, "invalid JSON", "not valid JSON"),
+    "not_an_object": (b"[1, 2]", 422, "invalid request", "valid dictionary"),
+    "wrong_field_type": (json.dumps({"inputs": [{"image": 42}]}).encode(), 422, "invalid request", "inputs.0.image"),
+    "unknown_field": (json.dumps({"inputs": [{"picture": "x"}]}).encode(), 422, "invalid request", "inputs.0.picture"),
+    "two_kinds_in_one_input": (json.dumps({"inputs": [{"text": "a", "pixels": _pixels((8, 8))}]}).encode(), 422,
+                               "invalid request", "exactly one of image, pixels or text"),
+    "empty_batch": (b'{"inputs": []}', 422, "invalid request", "at least 1 item"),
+    "over_the_limit": (json.dumps({"inputs": [{"pixels": _pixels((8, 8))}] * 9}).encode(), 422, "invalid input",
+                       "9 inputs, over the limit of 8"),
+    "bad_base64": (b'{"inputs": [{"image": "not*base64!"}]}', 422, "invalid input", "inputs[0].image is not valid base64"),
+    "base64_not_an_image": (json.dumps({"inputs": [{"image": b64(b"hello world")}]}).encode(), 422, "invalid input",
+                            "not an image"),
+    "wrong_size": (json.dumps({"inputs": [{"pixels": _pixels((7, 8))}]}).encode(), 422, "invalid input",
+                   "has shape 7x8; this model takes 8x8x1 or 8x8"),
+    "wrong_channels": (json.dumps({"inputs": [{"pixels": _pixels((8, 8, 3))}]}).encode(), 422, "invalid input",
+                       "has shape 8x8x3"),
+    "ragged_pixels": (json.dumps({"inputs": [{"pixels": [[1.0] * 8] * 7 + [[1.0] * 5]}]}).encode(), 422,
+                      "invalid input", "ragged"),
+    "nan_pixels": (json.dumps({"inputs": [{"pixels": _pixels((8, 8), float("nan"))}]}).encode(), 422, "invalid input",
+                   "NaN or infinity"),
+    "inf_pixels": (b'{"inputs": [{"pixels": ' + json.dumps([[1e999] * 8] * 8).encode() + b"}]}", 422, "invalid input",
+                   "NaN or infinity"),
+    "pixels_out_of_range": (json.dumps({"inputs": [{"pixels": _pixels((8, 8), 300.0)}]}).encode(), 422, "invalid input",
+                            "expected 0..255"),
+    "text_for_an_image_model": (b'{"inputs": [{"text": "a seven"}]}', 422, "invalid input",
+                                "this model classifies images"),
+    "oversize_body": (json.dumps({"inputs": [{"image": "A" * 70_000}]}).encode(), 413, "request too large",
+                      "over the limit of 65536 bytes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+def test_a_bad_request_gets_a_4xx_reason_and_the_server_keeps_serving(endpoint: str, case: str, val_test_images) -> None:
+    body, status, error, phrase = BAD_REQUESTS[case]
+    response = requests.post(f"{endpoint}/predict", data=body, headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == status, response.text
+    answer = response.json()
+    assert answer["error"] == error
+    assert phrase in json.dumps(answer["detail"]), answer
+    good = requests.post(f"{endpoint}/predict", json={"inputs": [{"image": b64(val_test_images[0][0])}]}, timeout=30)
+    assert good.status_code == 200
+
+
+def test_oversize_chunked_body_is_refused(endpoint: str) -> None:
+    def chunks():  # no Content-Length: the limit must hold while the body streams in
+        for _ in range(20):
+            yield b" " * 8192
+
+    response = requests.post(f"{endpoint}/predict", data=chunks(), headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code == 413 and response.json()["error"] == "request too large"
