@@ -122,9 +122,14 @@ def serve_until_stopped(config: ServeConfig, echo: Callable[[str], None] = print
         except KeyboardInterrupt:
             pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        if ray.is_initialized():
-            if not joined:
-                echo("stopping")
-                serve.shutdown()
-            ray.shutdown()
+        # A second Ctrl-C during the few seconds of shutdown must not abort it halfway.
+        previous_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            if ray.is_initialized():
+                if not joined:
+                    echo("stopping")
+                    serve.shutdown()
+                ray.shutdown()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_interrupt)
