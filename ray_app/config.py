@@ -318,12 +318,19 @@ def _known_fields(path: list[Any], root: type[BaseModel]) -> list[str]:
     return sorted(getattr(model, "model_fields", {}))
 
 
-def validate_model(model: type[ModelT], raw: dict[str, Any], source: str) -> ModelT:
-    """Validate `raw` as `model`, every problem reported at once with its dotted path."""
+def validate_model(
+    model: type[ModelT], raw: dict[str, Any], source: str, problems: list[str] | None = None
+) -> ModelT:
+    """Validate `raw` as `model`. Every problem is reported at once with its dotted
+    path, together with `problems` found before validation (e.g. bad overrides)."""
+    found = list(problems or [])
     try:
-        return model.model_validate(raw)
+        validated = model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([_describe(e, model) for e in exc.errors()], source) from None
+        found += [_describe(e, model) for e in exc.errors()]
+    if found:
+        raise ConfigError(found, source)
+    return validated
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> AppConfig:
@@ -357,10 +364,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> AppConf
     path = Path(path)
     raw = read_yaml_mapping(path)
     problems = apply_overrides(raw, overrides or [])
-    try:
-        cfg = validate_config(raw, str(path))
-    except ConfigError as exc:
-        raise ConfigError(problems + exc.problems, str(path)) from None
-    if problems:
-        raise ConfigError(problems, str(path))
-    return cfg
+    return validate_model(AppConfig, raw, str(path), problems)

@@ -16,7 +16,7 @@ from typing import Any
 import ray
 
 from ray_app.config import apply_overrides, read_yaml_mapping, validate_model
-from ray_app.errors import ConfigError, UserError
+from ray_app.errors import UserError
 from serve.bundle import BundleError, verify_bundle
 from serve.app import serve_deploy_config
 from serve.config import TOKEN_ENV, ServeConfig
@@ -37,12 +37,7 @@ def load_serve_config(
         raw["port"] = port
     if raw.get("token") is None and os.environ.get(TOKEN_ENV):
         raw["token"] = os.environ[TOKEN_ENV]
-    try:
-        config = validate_model(ServeConfig, raw, source)
-    except ConfigError as exc:
-        raise ConfigError(problems + exc.problems, source) from None
-    if problems:
-        raise ConfigError(problems, source)
+    config = validate_model(ServeConfig, raw, source, problems)
     try:
         verify_bundle(Path(bundle))
     except BundleError as exc:

@@ -184,11 +184,6 @@ class ClassifierDeployment:
             "token_required": self.token is not None,
         }
 
-    def check_health(self) -> None:
-        """Serve's own health check: the model is loaded and answers."""
-        if self.predictor.model is None:
-            raise RuntimeError("model not loaded")
-
     def __serve_build_asgi_app__(self) -> FastAPI:
         app = FastAPI(
             title="ray-app classifier",
