@@ -153,6 +153,11 @@ class AppConfig(StrictModel):
                     "a text dataset on a backbone built from model.backbone.config needs "
                     "model.preprocessing.tokenizer (a local tokenizer directory)"
                 )
+        if self.data.source.modality == "text" and self.model.views != ["identity"]:
+            problems.append(
+                f"model.views {self.model.views} transform images, but data.source "
+                f"(kind {self.data.source.kind}) holds text: remove model.views or set it to [identity]"
+            )
         if self.training.mode == "peft" and self.model.freeze_backbone:
             problems.append(
                 "model.freeze_backbone trains the head alone and training.mode: peft trains "

@@ -25,8 +25,14 @@ from typing import Any
 
 from calibration.policy import Policy
 from trainers.model import CLASSIFIER_FILE, WEIGHTS_FILE, Classifier, load_classifier
+from trainers.views import IDENTITY_ONLY
 
-BUNDLE_FORMAT_VERSION = 1
+# Version 2: classifier.json names views other than identity (multi-view inference,
+# trainers/views.py). A version-1 reader would ignore them and serve single-view
+# logits the policy was not calibrated on, so such bundles are marked 2 and refused
+# there; a bundle without views stays 1, readable by every version.
+BUNDLE_FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 MANIFEST = "bundle.json"
 POLICY_FILE = "policy.json"
 TOKENIZER_DIR = "tokenizer"
@@ -50,6 +56,11 @@ def _listed_files(directory: Path) -> list[str]:
     )
 
 
+def format_version_for(spec: dict[str, Any]) -> int:
+    """The oldest bundle format that serves this classifier.json correctly."""
+    return 1 if tuple(spec.get("views", IDENTITY_ONLY)) == IDENTITY_ONLY else BUNDLE_FORMAT_VERSION
+
+
 def export_bundle(model_dir: Path, policy: Policy, destination: Path, details: dict[str, Any]) -> Path:
     """Copy a saved classifier and its policy into `destination`, then seal it with
     bundle.json. Written to a sibling temp directory and renamed at the end."""
@@ -66,7 +77,7 @@ def export_bundle(model_dir: Path, policy: Policy, destination: Path, details: d
     (tmp / POLICY_FILE).write_text(policy.model_dump_json(indent=2) + "\n")
     files = {name: sha256_of(tmp / name) for name in _listed_files(tmp)}
     manifest = {
-        "format_version": BUNDLE_FORMAT_VERSION,
+        "format_version": format_version_for(spec),
         "model_version": f"{details.get('run', 'model')}@{files[WEIGHTS_FILE][:12]}",
         "label_names": spec["label_names"],
         **details,
@@ -88,10 +99,10 @@ def verify_bundle(directory: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise BundleError(f"{manifest_path} is not valid JSON ({exc})") from None
     version = manifest.get("format_version")
-    if version != BUNDLE_FORMAT_VERSION:
+    if version not in READABLE_FORMAT_VERSIONS:
         raise BundleError(
-            f"bundle format version {version!r} is not supported (this ray-app reads version "
-            f"{BUNDLE_FORMAT_VERSION}); re-export the run with this ray-app"
+            f"bundle format version {version!r} is not supported (this ray-app reads versions "
+            f"{list(READABLE_FORMAT_VERSIONS)}); re-export the run with this ray-app"
         )
     files: dict[str, str] = manifest.get("files", {})
     missing = sorted(name for name in files if not (directory / name).is_file())

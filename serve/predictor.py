@@ -112,7 +112,9 @@ class BundlePredictor:
         if self.kind == "image":
             spec = self.image_spec
             return {"kind": "image", "accepts": ["image", "pixels"], "image_size": spec.image_size,
-                    "num_channels": spec.num_channels, "mean": list(spec.mean), "std": list(spec.std)}
+                    "num_channels": spec.num_channels, "mean": list(spec.mean), "std": list(spec.std),
+                    # Applied inside the model (classifier.json): a client sends one image.
+                    "views": list(self.model.views), "view_crop_fraction": self.model.view_crop_fraction}
         return {"kind": "text", "accepts": ["text"], "max_length": self.text_spec.max_length}
 
     # --- inputs -> tensors ------------------------------------------------------------

@@ -79,6 +79,12 @@ class PreprocessingConfig(StrictModel):
         return self
 
 
+# Test-time views of an image (trainers/views.py): the image, its mirror image, and
+# crops of model.view_crop_fraction of each side (centre or a corner) resized back.
+ViewName = Literal["identity", "hflip", "center_crop", "top_left", "top_right", "bottom_left", "bottom_right"]
+DEFAULT_VIEW_CROP_FRACTION = 0.875
+
+
 class ModelConfig(StrictModel):
     backbone: BackboneConfig = Field(description="The Hugging Face encoder to build on.")
     head: Literal["linear", "mlp"] = Field(
@@ -104,6 +110,33 @@ class ModelConfig(StrictModel):
         default_factory=PreprocessingConfig,
         description="Image resize / normalisation and text tokenisation.",
     )
+    views: list[ViewName] = Field(
+        default_factory=lambda: ["identity"],
+        description="Image views whose logits are averaged (the mean of the logits) at "
+        "inference: validation, the exported val_calib / val_test logits and serving all "
+        "use them; training sees single images. identity: the image; hflip: its mirror "
+        "image (only for classes that keep their meaning when mirrored, so not digits or "
+        "text); center_crop, top_left, top_right, bottom_left, bottom_right: a crop of "
+        "view_crop_fraction of each side, resized back to the image size. Each view costs "
+        "one forward pass. Images only.",
+    )
+    view_crop_fraction: float = Field(
+        default=DEFAULT_VIEW_CROP_FRACTION,
+        gt=0.0,
+        lt=1.0,
+        description="Side of the crop views as a fraction of the image side, rounded to "
+        "the nearest pixel (0.875 of 8 px is 7 px). Used by the crop views only.",
+    )
+
+    @field_validator("views")
+    @classmethod
+    def _views_listed_once(cls, views: list[str]) -> list[str]:
+        if not views:
+            raise ValueError("give at least one view, e.g. [identity] (a single plain forward)")
+        repeated = sorted({name for name in views if views.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{repeated} listed more than once; each view counts once in the mean")
+        return views
 
 
 class EmaConfig(StrictModel):

@@ -113,7 +113,7 @@ def test_healthz_metadata_and_openapi(endpoint: str, smoke_bundle: Path) -> None
     meta = requests.get(f"{endpoint}/metadata", timeout=10).json()
     assert meta["label_names"] == bundle.spec["label_names"]
     assert meta["input"] == {"kind": "image", "accepts": ["image", "pixels"], "image_size": 8, "num_channels": 1,
-                             "mean": [0.5], "std": [0.5]}
+                             "mean": [0.5], "std": [0.5], "views": ["identity"], "view_crop_fraction": 0.875}
     assert meta["policy"] == bundle.policy.model_dump()
     assert meta["limits"]["max_inputs_per_request"] == 8 and meta["batching"]["max_batch_size"] == 8
     assert meta["splits_fingerprint"] == bundle.manifest["splits_fingerprint"] and not meta["token_required"]

@@ -98,3 +98,21 @@ def test_text_bundle_carries_its_tokenizer(tmp_path: Path) -> None:
         {"text": np.array(["yes no"], dtype=object), "label_id": np.array([1])}
     )
     assert tokens["input_ids"].tolist() == [[2, 5, 6, 3, 0, 0]]
+
+
+def test_a_bundle_with_views_is_format_2_and_serves_them(bundle, tmp_path: Path) -> None:
+    path, _ = bundle
+    assert json.loads((path / "bundle.json").read_text())["format_version"] == 1  # readable by older versions
+    torch.manual_seed(0)
+    cfg = model_cfg(views=["identity", "hflip"])
+    model = build_classifier(cfg, 3).eval()
+    save_classifier(model, cfg, ["a", "b", "c"], tmp_path / "views_model",
+                    extra={"preprocessing": ImageSpec(8, 1, (0.5,), (0.5,)).to_dict()})
+    views_path = export_bundle(tmp_path / "views_model", POLICY, tmp_path / "views_bundle", {"run": "r2"})
+    # a version-1 reader would drop the views and serve uncalibrated single-view logits
+    assert json.loads((views_path / "bundle.json").read_text())["format_version"] == 2
+    loaded = load_bundle(views_path)
+    assert loaded.model.views == ("identity", "hflip")
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(pixel_values=x), model(pixel_values=x))
