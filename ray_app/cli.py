@@ -205,6 +205,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_arguments(parser)
+    parser.add_argument(
+        "--space",
+        required=True,
+        help="YAML of the search: config fields and their dimensions, trials, scheduler (see configs/sweeps/)",
+    )
+    parser.add_argument("--name", help="sweep name: <storage.root>/sweeps/<name>/ (default: the space file's name)")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import re
+
+    import yaml
+
+    from ray_app.sweep import load_sweep, run_sweep
+
+    cfg, _ = _load(args)
+    base_raw = cfg.resolved_dict()
+    sweep = load_sweep(args.space, base_raw)
+    name = args.name or Path(args.space).stem
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise UserError(f"--name '{name}': use letters, digits, '.', '_' and '-' only (it names a directory)")
+    _preflight(cfg)
+    command = " ".join(
+        ["ray-app sweep", args.config, "--space", args.space, *(f"-o {o}" for o in args.override)]
+        + ([f"--name {args.name}"] if args.name else [])
+    )
+    outcome = run_sweep(cfg, base_raw, sweep, name, command, echo=lambda line: print(line, flush=True))
+    print(f"\nsweep {name}: {len(outcome.rows)} trial(s), best first ({outcome.directory / 'results.md'})")
+    print(outcome.table)
+    print(f"\nbest config ({outcome.best_config}):")
+    print(outcome.best_config.read_text(), end="")
+    print(f"\nnext: ray-app run {outcome.best_config}   (calibrates and exports run {outcome.best.run})")
+    return 0
+
+
 def _serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("bundle", help="bundle directory, e.g. runs/<name>/bundle")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1, loopback only)")
@@ -325,6 +362,12 @@ COMMANDS: dict[str, Command] = {
         example="ray-app export sklearn_digits_vit_baseline_lr0.002_s0",
         add_arguments=_target_arguments,
         handler=cmd_export,
+    ),
+    "sweep": Command(
+        help="Ray Tune over training hyperparameters (ASHA); every trial a run; writes results and best.yaml",
+        example="ray-app sweep configs/digits.yaml --space configs/sweeps/digits_lr.yaml",
+        add_arguments=_sweep_arguments,
+        handler=cmd_sweep,
     ),
     "serve": Command(
         help="serve a bundle on Ray Serve: POST /predict, GET /healthz, /metadata (Ctrl-C stops)",

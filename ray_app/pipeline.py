@@ -85,12 +85,9 @@ def init_ray(cfg: AppConfig) -> None:
 # --- splits ---------------------------------------------------------------------------
 
 
-def ensure_splits(cfg: AppConfig, run: Run, force: bool = False) -> SplitReader:
-    fingerprint = stage_fingerprint(cfg, "splits")
-    if not force and run.stage_complete("splits", fingerprint):
-        return SplitReader(run.splits_dir)
-    # Read, check and plan everything before the run directory is touched: bad data
-    # stops here and leaves nothing behind.
+def _read_and_plan(cfg: AppConfig) -> tuple[ray.data.Dataset, Any]:
+    """Read, check and plan everything before any directory is touched: bad data stops
+    here and leaves nothing behind."""
     source = cfg.data.source
     inspected = inspect_rows(read_source(source), source)
     index = inspected.select_columns(["content_hash", "label", "ref", "error"]).to_pandas()
@@ -98,11 +95,48 @@ def ensure_splits(cfg: AppConfig, run: Run, force: bool = False) -> SplitReader:
     plan = plan_splits(
         index["content_hash"].tolist(), index["label"].tolist(), cfg.data.splits, cfg.seed, source
     )
+    return inspected, plan
+
+
+def _split_details(summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "counts": {s: v["count"] for s, v in summary["splits"].items()},
+        "duplicates": summary["duplicates"],
+    }
+
+
+def ensure_splits(cfg: AppConfig, run: Run, force: bool = False) -> SplitReader:
+    fingerprint = stage_fingerprint(cfg, "splits")
+    if not force and run.stage_complete("splits", fingerprint):
+        return SplitReader(run.splits_dir)
+    inspected, plan = _read_and_plan(cfg)
     run.prepare(cfg)
     with run.stage("splits", fingerprint) as details:
         write_splits(inspected, plan, run.splits_dir)
-        details["counts"] = {s: v["count"] for s, v in plan.summary["splits"].items()}
-        details["duplicates"] = plan.summary["duplicates"]
+        details.update(_split_details(plan.summary))
+    return SplitReader(run.splits_dir)
+
+
+def write_shared_splits(cfg: AppConfig, splits_dir: Path) -> SplitReader:
+    """Splits written outside any run, for runs that share them (a sweep's trials):
+    every trial then trains and selects on exactly the same rows."""
+    inspected, plan = _read_and_plan(cfg)
+    shutil.rmtree(splits_dir, ignore_errors=True)
+    write_splits(inspected, plan, splits_dir)
+    return SplitReader(splits_dir)
+
+
+def adopt_splits(cfg: AppConfig, run: Run, shared: SplitReader) -> SplitReader:
+    """Give a run a copy of shared splits (same seed and data section, so the same
+    fingerprint `ensure_splits` would record); later stages cannot tell the difference."""
+    fingerprint = stage_fingerprint(cfg, "splits")
+    if run.stage_complete("splits", fingerprint):
+        return SplitReader(run.splits_dir)
+    run.prepare(cfg)
+    with run.stage("splits", fingerprint) as details:
+        shutil.rmtree(run.splits_dir, ignore_errors=True)
+        shutil.copytree(shared.splits_dir, run.splits_dir)
+        details.update(_split_details(shared.summary()), copied_from=str(shared.splits_dir))
     return SplitReader(run.splits_dir)
 
 
@@ -140,8 +174,24 @@ def _failure_injection() -> int | None:
     return int(value) if value else None
 
 
-def run_training(cfg: AppConfig, run: Run, reader: SplitReader) -> dict[str, Any]:
-    """Train on Ray Train, keep the selected model, export val_calib / val_test logits."""
+def prepare_training_data(cfg: AppConfig, reader: SplitReader) -> dict[str, ray.data.Dataset]:
+    """train and val_select preprocessed once and kept in the object store: every epoch
+    then iterates ready batches instead of re-reading and re-decoding the split."""
+    spec = resolve_input_spec(cfg)
+    return {s: preprocess_dataset(reader.read(s, "train"), spec).materialize() for s in ("train", "val_select")}
+
+
+def run_training(
+    cfg: AppConfig,
+    run: Run,
+    reader: SplitReader,
+    prepared: dict[str, ray.data.Dataset] | None = None,
+    train_callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Train on Ray Train, keep the selected model, export val_calib / val_test logits.
+
+    A sweep passes `prepared` (its trials share one preprocessed copy of the splits)
+    and `train_callbacks` (Ray Train callbacks, e.g. the one reporting to Tune)."""
     summary = reader.summary()
     label_names: list[str] = summary["label_names"]
     spec = resolve_input_spec(cfg)
@@ -149,12 +199,7 @@ def run_training(cfg: AppConfig, run: Run, reader: SplitReader) -> dict[str, Any
     with run.stage("train", stage_fingerprint(cfg, "train")) as details:
         # A new training never resumes an older one's checkpoints.
         shutil.rmtree(run.train_dir, ignore_errors=True)
-        # Preprocess once and keep the tensors in the object store: every epoch then
-        # iterates ready batches instead of re-reading and re-decoding the split.
-        datasets = {
-            s: preprocess_dataset(reader.read(s, "train"), spec).materialize()
-            for s in ("train", "val_select")
-        }
+        datasets = prepared if prepared is not None else prepare_training_data(cfg, reader)
         params = LoopParams(
             model=cfg.model,
             training=cfg.training,
@@ -164,7 +209,9 @@ def run_training(cfg: AppConfig, run: Run, reader: SplitReader) -> dict[str, Any
             metrics_dir=str(run.train_dir.resolve()),
             fail_at_epoch=_failure_injection(),
         )
-        fit = fit_baseline(params, datasets, cfg.scaling, run.train_dir / "ray_storage", run.name)
+        fit = fit_baseline(
+            params, datasets, cfg.scaling, run.train_dir / "ray_storage", run.name, callbacks=train_callbacks
+        )
 
         model = selected_model(
             fit.best_checkpoint, build_classifier(cfg.model, len(label_names)), cfg.training.ema.enabled

@@ -103,6 +103,11 @@ class Run:
         meta.setdefault("stages", {}).setdefault(stage, {}).update(fields)
         write_json_atomic(self.metadata_path, meta)
 
+    def mark_stage(self, stage: str, status: str, reason: str) -> None:
+        """Record a stage ended from outside (a sweep's scheduler stopped its trial):
+        the stage itself never got to say so."""
+        self._set_stage(stage, status=status, finished=_now(), error=reason)
+
     def prepare(self, cfg: AppConfig) -> None:
         """Create the run directory (or adopt an existing one) with the resolved config."""
         self.root.mkdir(parents=True, exist_ok=True)

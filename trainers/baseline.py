@@ -336,8 +336,11 @@ def fit_baseline(
     scaling: ScalingConfig,
     storage_dir: Path,
     name: str,
+    callbacks: list[Any] | None = None,
 ) -> FitResult:
-    """Run the TorchTrainer and return the history and the selected checkpoint."""
+    """Run the TorchTrainer and return the history and the selected checkpoint.
+    `callbacks` are Ray Train callbacks (a sweep passes Tune's TuneReportCallback, so
+    every epoch's report reaches the Tune trial and its scheduler)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
@@ -362,6 +365,7 @@ def fit_baseline(
         run_config=RunConfig(
             name=name,
             storage_path=str(storage_dir.resolve()),
+            callbacks=callbacks,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=params.training.checkpoints_to_keep,

@@ -55,6 +55,19 @@ def test_config_errors_all_at_once_exit_2(tmp_path: Path) -> None:
     assert not (REPO / "runs").exists() or not list((REPO / "runs").glob("smoke_*"))
 
 
+def test_sweep_space_errors_exit_2_before_ray_starts(tmp_path: Path) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text("space:\n  training.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}\n  training.lr: {grid: [0.1, 0]}\n")
+    result = cli("sweep", str(SMOKE), "--space", str(space), "-o", f"storage.root={tmp_path / 'runs'}", timeout=120)
+    assert_user_error(
+        result,
+        "space key 'training.learning_rate' is not a config field; did you mean 'training.lr'?",
+    )
+    assert not (tmp_path / "runs").exists()
+    result = cli("sweep", str(SMOKE), "--space", str(tmp_path / "nope.yaml"))
+    assert_user_error(result, "nope.yaml' does not exist")
+
+
 def test_missing_config_file() -> None:
     assert_user_error(cli("splits", "configs/nope.yaml"), "config file 'configs/nope.yaml' does not exist")
 

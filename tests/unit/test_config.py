@@ -9,8 +9,9 @@ from ray_app.config import AppConfig, load_config, parse_overrides, run_name, va
 from ray_app.errors import ConfigError
 from tests.conftest import REPO, SMOKE
 
-# configs/serve/ holds Ray Serve config files (tests/unit/test_serve.py checks them)
-PRESETS = sorted(p for p in (REPO / "configs").glob("**/*.yaml") if p.parent.name != "serve")
+# configs/serve/ holds Ray Serve config files (tests/unit/test_serve.py checks them) and
+# configs/sweeps/ search spaces (tests/unit/test_sweep.py)
+PRESETS = sorted(p for p in (REPO / "configs").glob("**/*.yaml") if p.parent.name not in ("serve", "sweeps"))
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
