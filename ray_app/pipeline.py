@@ -31,13 +31,13 @@ from calibration.temperature import CalibrationError, fit_temperature
 from calibration.threshold import candidate_thresholds, choose_threshold, sweep_thresholds
 from ray_app.config import AppConfig
 from ray_app.errors import UserError
-from ray_app.runs import Run, library_versions
+from ray_app.runs import Run, library_versions, resolve_run
 from ray_app.sources import inspect_rows, raise_on_bad_rows, read_source
 from ray_app.splits import SplitReader, check_access, plan_splits, write_splits
-from serve.bundle import export_bundle, load_bundle
+from serve.bundle import export_bundle, load_bundle, sha256_of
 from trainers.baseline import LoopParams, fit_baseline
 from trainers.checkpoint import selected_model
-from trainers.model import build_classifier, save_classifier
+from trainers.model import WEIGHTS_FILE, backbone_mismatch, build_classifier, save_classifier
 from trainers.predict import predict_logits
 from trainers.preprocess import ImageSpec, TextSpec, preprocess_dataset, resolve_image_spec, resolve_text_spec
 
@@ -156,9 +156,41 @@ def resolve_input_spec(cfg: AppConfig) -> ImageSpec | TextSpec:
         ) from None
 
 
+def resolve_init_from(cfg: AppConfig) -> Path | None:
+    """model.init_from as the source run's saved model directory, or a user error: no
+    such run, a run without a trained model, a different backbone, or this run itself."""
+    if cfg.model.init_from is None:
+        return None
+    root = Path(cfg.storage.root)
+    try:
+        source = resolve_run(cfg.model.init_from, root)
+    except UserError as exc:
+        raise UserError(f"model.init_from: {exc}".replace(", or --root", " (resolved under storage.root)")) from None
+    if source.root.resolve() == Run.for_config(cfg).root.resolve():
+        raise UserError(
+            f"model.init_from names this run itself ('{source.name}'): training replaces its model "
+            "first; start from another run, or change name_pattern"
+        )
+    model_dir = source.train_dir / "model"
+    if not (model_dir / WEIGHTS_FILE).is_file():
+        raise UserError(
+            f"model.init_from: run '{source.name}' has no trained model ({model_dir}); train it "
+            f"first: ray-app train {source.root / 'config.yaml'}"
+        )
+    mismatch = backbone_mismatch(cfg.model.backbone, model_dir)
+    if mismatch:
+        raise UserError(
+            f"model.init_from: run '{source.name}' has a different backbone ({mismatch}); "
+            "model.backbone must match the source run's architecture"
+        )
+    return model_dir.resolve()
+
+
 def check_training_setup(cfg: AppConfig) -> None:
-    """A PEFT plan that cannot work (targets matching nothing, too many unfrozen blocks)
-    is a user error, found on the driver from the backbone's module names alone."""
+    """Training setups that cannot work are user errors found on the driver, before
+    Ray starts: a PEFT plan whose targets match nothing or that unfreezes too many
+    blocks (from the backbone's module names alone), and a bad model.init_from."""
+    resolve_init_from(cfg)
     if cfg.training.mode != "peft":
         return
     from trainers.adapters import PeftSetupError, check_peft_setup
@@ -196,6 +228,7 @@ def run_training(
     label_names: list[str] = summary["label_names"]
     spec = resolve_input_spec(cfg)
     check_training_setup(cfg)
+    init_backbone = resolve_init_from(cfg)
     with run.stage("train", stage_fingerprint(cfg, "train")) as details:
         # A new training never resumes an older one's checkpoints.
         shutil.rmtree(run.train_dir, ignore_errors=True)
@@ -207,8 +240,17 @@ def run_training(
             train_rows=summary["splits"]["train"]["count"],
             seed=cfg.seed,
             metrics_dir=str(run.train_dir.resolve()),
+            init_backbone=None if init_backbone is None else str(init_backbone),
             fail_at_epoch=_failure_injection(),
         )
+        if init_backbone is not None:
+            # The fingerprint holds the name, not the weights: record which weights,
+            # since retraining the source run changes them under the same name.
+            details["init_from"] = {
+                "run": init_backbone.parent.parent.name,
+                "model": str(init_backbone),
+                "weights_sha256": sha256_of(init_backbone / WEIGHTS_FILE),
+            }
         fit = fit_baseline(
             params, datasets, cfg.scaling, run.train_dir / "ray_storage", run.name, callbacks=train_callbacks
         )
@@ -227,6 +269,7 @@ def run_training(
                 "selected_epoch": fit.best_epoch,
                 "run": run.name,
                 "splits_fingerprint": summary["source_fingerprint"],
+                "init_from": details.get("init_from"),
             },
         )
         predictions_dir = run.train_dir / "predictions"

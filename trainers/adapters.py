@@ -27,10 +27,9 @@ from typing import Any
 import peft
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
 
-from trainers.config import BackboneConfig, ModelConfig, PeftConfig
-from trainers.model import Classifier, build_classifier, drop_pooler
+from trainers.config import ModelConfig, PeftConfig
+from trainers.model import Classifier, backbone_skeleton, build_initial_classifier
 
 
 class PeftSetupError(ValueError):
@@ -159,18 +158,6 @@ def plan_adapters(backbone: nn.Module, peft_cfg: PeftConfig) -> AdapterPlan:
     )
 
 
-def backbone_skeleton(backbone: BackboneConfig) -> PreTrainedModel:
-    """The backbone's modules on the meta device: names and shapes without memory or
-    weights, so the driver can check a plan before any worker starts."""
-    if backbone.config is not None:
-        kwargs = dict(backbone.config)
-        config = AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
-    else:
-        config = AutoConfig.from_pretrained(backbone.id)
-    with torch.device("meta"):
-        return drop_pooler(AutoModel.from_config(config))
-
-
 def check_peft_setup(model_cfg: ModelConfig, peft_cfg: PeftConfig) -> AdapterPlan:
     """Raise PeftSetupError for a plan that cannot work. Run on the driver: inside a
     worker the same error would only fail every restart of the worker group."""
@@ -241,6 +228,8 @@ class PeftSetup:
     peft: PeftConfig
     num_labels: int
     seed: int
+    # model.init_from, resolved: the saved model whose backbone is the frozen base.
+    init_backbone: str | None = None
 
     def build(self) -> Classifier:
         # Seeded here, not by the caller, and without touching the global RNG: the
@@ -250,7 +239,7 @@ class PeftSetup:
             raise PeftSetupError("model.freeze_backbone cannot be combined with training.mode: peft")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            classifier = build_classifier(self.model, self.num_labels)
+            classifier = build_initial_classifier(self.model, self.num_labels, self.init_backbone)
             apply_adapters(classifier, self.peft)
         return classifier
 
@@ -261,6 +250,7 @@ class PeftSetup:
                 "peft": self.peft.model_dump(mode="json"),
                 "num_labels": self.num_labels,
                 "seed": self.seed,
+                "init_backbone": self.init_backbone,
             },
             indent=2,
             sort_keys=True,
@@ -274,4 +264,5 @@ class PeftSetup:
             peft=PeftConfig.model_validate(raw["peft"]),
             num_labels=int(raw["num_labels"]),
             seed=int(raw["seed"]),
+            init_backbone=raw.get("init_backbone"),
         )

@@ -41,7 +41,7 @@ from transformers import get_cosine_schedule_with_warmup
 from trainers.adapters import PeftSetup, check_peft_setup
 from trainers.checkpoint import load_checkpoint, read_state, save_checkpoint
 from trainers.config import ModelConfig, ScalingConfig, TrainingConfig
-from trainers.model import Classifier, build_classifier
+from trainers.model import Classifier, build_initial_classifier
 from trainers.preprocess import LABEL_KEY, model_inputs
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ class LoopParams:
     train_rows: int
     seed: int
     metrics_dir: str
+    # model.init_from resolved on the driver: a saved model directory whose backbone
+    # weights replace the freshly built backbone before training (and before adapters).
+    init_backbone: str | None = None
     # Test hook: the first attempt's workers exit hard at the start of this epoch,
     # to prove that a restarted group resumes from its last checkpoint.
     fail_at_epoch: int | None = None
@@ -192,7 +195,10 @@ class TrainShardCache:
 def peft_setup_of(params: LoopParams) -> PeftSetup | None:
     if params.training.mode != "peft" or params.training.peft is None:
         return None
-    return PeftSetup(model=params.model, peft=params.training.peft, num_labels=params.num_labels, seed=params.seed)
+    return PeftSetup(
+        model=params.model, peft=params.training.peft, num_labels=params.num_labels, seed=params.seed,
+        init_backbone=params.init_backbone,
+    )
 
 
 def describe_trainable(model: torch.nn.Module) -> str:
@@ -216,7 +222,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # --- setup ---
     torch.manual_seed(params.seed)  # identical initial weights on every rank
     peft_setup = peft_setup_of(params)
-    model = peft_setup.build() if peft_setup is not None else build_classifier(model_cfg, params.num_labels)
+    model = (
+        peft_setup.build()
+        if peft_setup is not None
+        else build_initial_classifier(model_cfg, params.num_labels, params.init_backbone)
+    )
     if rank == 0:
         logger.info(describe_trainable(model))
     ddp_model = ray.train.torch.prepare_model(model)  # moves to device; DDP when world > 1

@@ -110,6 +110,13 @@ class ModelConfig(StrictModel):
         default_factory=PreprocessingConfig,
         description="Image resize / normalisation and text tokenisation.",
     )
+    init_from: str | None = Field(
+        default=None,
+        description="A trained run (name under storage.root, or its directory) whose "
+        "selected backbone weights start this run: the PEFT -> baseline chain (a PEFT "
+        "run's model has its adapters merged). The backbone must have the same "
+        "architecture; the head starts fresh, so the label sets may differ.",
+    )
     views: list[ViewName] = Field(
         default_factory=lambda: ["identity"],
         description="Image views whose logits are averaged (the mean of the logits) at "

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from trainers.config import DEFAULT_VIEW_CROP_FRACTION, BackboneConfig, ModelConfig
 from trainers.views import IDENTITY_ONLY, check_view_names, multi_view_logits
@@ -21,12 +22,24 @@ BACKBONE_CONFIG_DIR = "backbone"
 
 def build_backbone(backbone: BackboneConfig) -> PreTrainedModel:
     if backbone.config is not None:
-        kwargs = dict(backbone.config)
-        model_type = kwargs.pop("model_type")
-        model = AutoModel.from_config(AutoConfig.for_model(model_type, **kwargs))
+        model = AutoModel.from_config(backbone_config(backbone))
     else:
         model = AutoModel.from_pretrained(backbone.id)
     return drop_pooler(model)
+
+
+def backbone_config(backbone: BackboneConfig) -> PretrainedConfig:
+    if backbone.config is not None:
+        kwargs = dict(backbone.config)
+        return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
+    return AutoConfig.from_pretrained(backbone.id)
+
+
+def backbone_skeleton(backbone: BackboneConfig) -> PreTrainedModel:
+    """The backbone's modules on the meta device: names and shapes without memory or
+    weights, so the driver can check a plan before any worker starts."""
+    with torch.device("meta"):
+        return drop_pooler(AutoModel.from_config(backbone_config(backbone)))
 
 
 def drop_pooler(model: PreTrainedModel) -> PreTrainedModel:
@@ -159,3 +172,66 @@ def load_classifier(directory: Path) -> tuple[Classifier, dict[str, Any]]:
     )
     load_model(model, str(directory / WEIGHTS_FILE))
     return model.eval(), spec
+
+
+# --- model.init_from: a saved model's backbone as this run's starting point -----------
+
+BACKBONE_PREFIX = "backbone."
+# Config keys that decide the backbone's architecture, named in a mismatch message.
+ARCHITECTURE_KEYS = (
+    "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "image_size", "patch_size", "num_channels", "vocab_size", "max_position_embeddings",
+)
+
+
+def saved_backbone_shapes(model_dir: Path) -> dict[str, tuple[int, ...]]:
+    """Backbone tensor names and shapes of a saved classifier, read from the safetensors
+    header (no weights loaded)."""
+    with safe_open(str(model_dir / WEIGHTS_FILE), framework="pt") as saved:
+        return {
+            key.removeprefix(BACKBONE_PREFIX): tuple(saved.get_slice(key).get_shape())
+            for key in saved.keys()
+            if key.startswith(BACKBONE_PREFIX)
+        }
+
+
+def backbone_mismatch(backbone: BackboneConfig, model_dir: Path) -> str | None:
+    """None when the saved classifier's backbone fits `backbone` tensor for tensor,
+    else what differs (architecture keys first, then tensor names / shapes)."""
+    source = AutoConfig.from_pretrained(model_dir / BACKBONE_CONFIG_DIR).to_dict()
+    target = backbone_config(backbone).to_dict()
+    differences = [
+        f"{key} {source.get(key)!r} there, {target.get(key)!r} here"
+        for key in ARCHITECTURE_KEYS
+        if source.get(key) != target.get(key)
+    ]
+    if differences:
+        return ", ".join(differences)
+    saved = saved_backbone_shapes(model_dir)
+    expected = {k: tuple(v.shape) for k, v in backbone_skeleton(backbone).state_dict().items()}
+    wrong = sorted(k for k in saved.keys() & expected.keys() if saved[k] != expected[k])
+    missing, extra = sorted(expected.keys() - saved.keys()), sorted(saved.keys() - expected.keys())
+    if not (wrong or missing or extra):
+        return None
+    parts = [f"{k} {saved[k]} there, {expected[k]} here" for k in wrong[:3]]
+    parts += [f"missing tensors {missing[:3]}"] if missing else []
+    parts += [f"unexpected tensors {extra[:3]}"] if extra else []
+    return "; ".join(parts)
+
+
+def load_backbone_weights(classifier: Classifier, model_dir: Path) -> None:
+    """Overwrite the classifier's backbone with a saved classifier's backbone (strict:
+    every tensor, same shapes). The head is left as built: the source's label set may
+    differ from this run's."""
+    state = load_file(str(model_dir / WEIGHTS_FILE))
+    backbone_state = {k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    classifier.backbone.load_state_dict(backbone_state, strict=True)
+
+
+def build_initial_classifier(model_cfg: ModelConfig, num_labels: int, init_backbone: str | None) -> Classifier:
+    """The classifier a run starts from: built from the config, then (model.init_from)
+    the backbone replaced by the source run's selected weights."""
+    classifier = build_classifier(model_cfg, num_labels)
+    if init_backbone is not None:
+        load_backbone_weights(classifier, Path(init_backbone))
+    return classifier

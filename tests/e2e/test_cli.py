@@ -68,6 +68,12 @@ def test_sweep_space_errors_exit_2_before_ray_starts(tmp_path: Path) -> None:
     assert_user_error(result, "nope.yaml' does not exist")
 
 
+def test_init_from_a_missing_run_exit_2_before_ray_starts(tmp_path: Path) -> None:
+    result = cli("train", str(SMOKE), "-o", "model.init_from=no_such_run", "-o", f"storage.root={tmp_path}", timeout=120)
+    assert_user_error(result, "model.init_from: no run named 'no_such_run'")
+    assert not list(tmp_path.iterdir())
+
+
 def test_missing_config_file() -> None:
     assert_user_error(cli("splits", "configs/nope.yaml"), "config file 'configs/nope.yaml' does not exist")
 
