@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,14 +35,15 @@ from ray_app.errors import UserError
 from ray_app.runs import Run, library_versions, resolve_run
 from ray_app.sources import inspect_rows, raise_on_bad_rows, read_source
 from ray_app.splits import SplitReader, check_access, plan_splits, write_splits
-from serve.bundle import export_bundle, load_bundle, sha256_of
+from serve.bundle import export_bundle, load_bundle
 from trainers.baseline import LoopParams, fit_baseline
 from trainers.checkpoint import selected_model
-from trainers.model import WEIGHTS_FILE, backbone_mismatch, build_classifier, save_classifier
+from trainers.model import WEIGHTS_FILE, InitBackbone, backbone_mismatch, build_classifier, save_classifier
 from trainers.predict import predict_logits
 from trainers.preprocess import ImageSpec, TextSpec, preprocess_dataset, resolve_image_spec, resolve_text_spec
 
 FAIL_AT_EPOCH_ENV = "RAY_APP_FAIL_AT_EPOCH"
+API_SERVER_ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # read by Ray's state API
 
 STAGES = ("splits", "train", "calibrate", "evaluate", "export")
 _TRAINED_ON = ("seed", "data", "model", "training", "scaling")
@@ -76,10 +78,34 @@ def init_ray(cfg: AppConfig) -> None:
         ray.init(address=address)
         return
     needed = math.ceil(cfg.scaling.num_workers * cfg.scaling.cpus_per_worker) + 1
-    num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, needed)
-    # address="local": start our own Ray even when `ray start` left a cluster on this
-    # machine (a bare ray.init() would attach to it and refuse num_cpus).
-    ray.init(address="local", num_cpus=num_cpus)
+    start_local_ray(cfg.ray.num_cpus or max(os.cpu_count() or 1, needed))
+
+
+def start_local_ray(num_cpus: int) -> Any:
+    """A Ray of our own in this process, its dashboard on a free loopback port that
+    every Ray process knows.
+
+    address="local": start our own Ray even when `ray start` left a cluster on this
+    machine (a bare ray.init() would attach to it and refuse num_cpus). The API server
+    address goes into the environment before the raylet starts, so every worker
+    inherits it: Ray Train's placement-group cleaner finds its cluster through the
+    state API, which otherwise auto-detects the address and fails when a machine runs
+    two Rays. A failed cleaner leaks the CPUs of every sweep trial ASHA stops, and the
+    sweep then waits forever for them. The driver's own environment is restored after:
+    the Ray processes have their copy, and subprocesses of this one (which may start
+    Rays of their own) must not inherit this one's address."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    previous = os.environ.get(API_SERVER_ADDRESS_ENV)
+    os.environ[API_SERVER_ADDRESS_ENV] = f"http://127.0.0.1:{port}"
+    try:
+        return ray.init(address="local", num_cpus=num_cpus, dashboard_port=port)
+    finally:
+        if previous is None:
+            os.environ.pop(API_SERVER_ADDRESS_ENV)
+        else:
+            os.environ[API_SERVER_ADDRESS_ENV] = previous
 
 
 # --- splits ---------------------------------------------------------------------------
@@ -228,7 +254,8 @@ def run_training(
     label_names: list[str] = summary["label_names"]
     spec = resolve_input_spec(cfg)
     check_training_setup(cfg)
-    init_backbone = resolve_init_from(cfg)
+    init_dir = resolve_init_from(cfg)
+    init_backbone = None if init_dir is None else InitBackbone.of(init_dir)
     with run.stage("train", stage_fingerprint(cfg, "train")) as details:
         # A new training never resumes an older one's checkpoints.
         shutil.rmtree(run.train_dir, ignore_errors=True)
@@ -240,16 +267,16 @@ def run_training(
             train_rows=summary["splits"]["train"]["count"],
             seed=cfg.seed,
             metrics_dir=str(run.train_dir.resolve()),
-            init_backbone=None if init_backbone is None else str(init_backbone),
+            init_backbone=init_backbone,
             fail_at_epoch=_failure_injection(),
         )
         if init_backbone is not None:
             # The fingerprint holds the name, not the weights: record which weights,
             # since retraining the source run changes them under the same name.
             details["init_from"] = {
-                "run": init_backbone.parent.parent.name,
-                "model": str(init_backbone),
-                "weights_sha256": sha256_of(init_backbone / WEIGHTS_FILE),
+                "run": Path(init_backbone.model_dir).parent.parent.name,
+                "model": init_backbone.model_dir,
+                "weights_sha256": init_backbone.weights_sha256,
             }
         fit = fit_baseline(
             params, datasets, cfg.scaling, run.train_dir / "ray_storage", run.name, callbacks=train_callbacks

@@ -24,12 +24,14 @@ import csv
 import difflib
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
 import yaml
+from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray import tune
 
@@ -285,27 +287,24 @@ def _sweep_trial(
     splits_dir: str,
     prepared: dict[str, Any],
     working_dir: str,
+    lock_dir: str,
 ) -> None:
     """One Tune trial: a registry run trained by the same code as `ray-app train`."""
-    import os
-
-    # Tune starts a trial in its own trial directory; relative paths in the config
-    # (storage root, tokenizer, a local backbone) mean where `ray-app sweep` ran.
-    if Path(working_dir).is_dir():
-        os.chdir(working_dir)
-    from filelock import FileLock
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ray_app.pipeline import adopt_splits, run_training, stage_fingerprint
     from ray_app.runs import Run
     from ray_app.splits import SplitReader
 
+    # Tune starts a trial in its own trial directory; relative paths in the config
+    # (storage root, tokenizer, a local backbone) mean where `ray-app sweep` ran.
+    if Path(working_dir).is_dir():
+        os.chdir(working_dir)
     cfg = validate_config(trial_config(base_raw, values, name_pattern), "sweep trial")
     run = Run.for_config(cfg)
-    run.root.parent.mkdir(parents=True, exist_ok=True)
     # Two trials can resolve to one config (a grid repeated by num_samples): the second
     # waits for the first and reports its finished history instead of training again.
-    with FileLock(str(run.root) + ".lock"):
+    with FileLock(str(Path(lock_dir) / f"{run.name}.lock")):
         if run.stage_complete("train", stage_fingerprint(cfg, "train")):
             for line in (run.train_dir / "metrics.jsonl").read_text().splitlines():
                 tune.report({**json.loads(line), "cached": True})
@@ -371,7 +370,7 @@ def _trial_row(
         planned = int(values.get("training.epochs") or base.training.epochs)
         status = "complete" if len(history) >= planned else "complete (early stopping)"
     else:
-        status = "stopped by ASHA"
+        status = "stopped by ASHA"  # a trial FIFO never stops either completes or errors
     scored = [r for r in history if metric_key in r]
     best = (min if mode == "min" else max)(scored, key=lambda r: r[metric_key]) if scored else None
     return TrialRow(
@@ -484,6 +483,7 @@ def run_sweep(
     echo(f"sweep {name}: {sweep.num_samples} sample(s) of {', '.join(keys)}; ranking by {metric_key} ({mode}); "
          f"{sweep.scheduler.kind}, up to {concurrency} trial(s) at once")
     reader = write_shared_splits(cfg, directory / "splits")
+    (directory / "locks").mkdir(exist_ok=True)
     prepared = prepare_training_data(cfg, reader)
 
     scheduler = (
@@ -502,6 +502,7 @@ def run_sweep(
     trainable = tune.with_parameters(
         _sweep_trial, base_raw=base_raw, name_pattern=name_pattern,
         splits_dir=str(reader.splits_dir.resolve()), prepared=prepared, working_dir=str(Path.cwd()),
+        lock_dir=str((directory / "locks").resolve()),
     )
     param_space = {k: dim.to_tune() for k, dim in sweep.space.items()}
     tuner = tune.Tuner(

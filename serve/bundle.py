@@ -16,7 +16,6 @@ path unpickles: weights are safetensors, everything else JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from calibration.policy import Policy
-from trainers.model import CLASSIFIER_FILE, WEIGHTS_FILE, Classifier, load_classifier
+from trainers.model import CLASSIFIER_FILE, WEIGHTS_FILE, Classifier, file_sha256, load_classifier
 from trainers.views import IDENTITY_ONLY
 
 # Version 2: classifier.json names views other than identity (multi-view inference,
@@ -42,12 +41,7 @@ class BundleError(ValueError):
     """The directory is not a bundle this version can serve, or it was altered."""
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_of = file_sha256  # one definition, shared with model.init_from's weight check
 
 
 def _listed_files(directory: Path) -> list[str]:

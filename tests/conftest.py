@@ -28,8 +28,10 @@ def ray_local():
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     # Ray Train hands the driver's DataContext to its workers: switch bars off here too.
     ray.data.DataContext.get_current().enable_progress_bars = False
+    from ray_app.pipeline import start_local_ray
+
     # 4 logical CPUs on a 2-core machine: room for two train workers plus Ray Data.
-    context = ray.init(num_cpus=4)
+    context = start_local_ray(num_cpus=4)
     yield context
     ray.shutdown()
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import peft
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from trainers.config import ModelConfig, PeftConfig
-from trainers.model import Classifier, backbone_skeleton, build_initial_classifier
+from trainers.model import Classifier, InitBackbone, backbone_skeleton, build_initial_classifier
 
 
 class PeftSetupError(ValueError):
@@ -229,7 +229,7 @@ class PeftSetup:
     num_labels: int
     seed: int
     # model.init_from, resolved: the saved model whose backbone is the frozen base.
-    init_backbone: str | None = None
+    init_backbone: InitBackbone | None = None
 
     def build(self) -> Classifier:
         # Seeded here, not by the caller, and without touching the global RNG: the
@@ -250,7 +250,7 @@ class PeftSetup:
                 "peft": self.peft.model_dump(mode="json"),
                 "num_labels": self.num_labels,
                 "seed": self.seed,
-                "init_backbone": self.init_backbone,
+                "init_backbone": None if self.init_backbone is None else asdict(self.init_backbone),
             },
             indent=2,
             sort_keys=True,
@@ -264,5 +264,5 @@ class PeftSetup:
             peft=PeftConfig.model_validate(raw["peft"]),
             num_labels=int(raw["num_labels"]),
             seed=int(raw["seed"]),
-            init_backbone=raw.get("init_backbone"),
+            init_backbone=InitBackbone(**raw["init_backbone"]) if raw.get("init_backbone") else None,
         )

@@ -41,7 +41,7 @@ from transformers import get_cosine_schedule_with_warmup
 from trainers.adapters import PeftSetup, check_peft_setup
 from trainers.checkpoint import load_checkpoint, read_state, save_checkpoint
 from trainers.config import ModelConfig, ScalingConfig, TrainingConfig
-from trainers.model import Classifier, build_initial_classifier
+from trainers.model import Classifier, InitBackbone, build_initial_classifier
 from trainers.preprocess import LABEL_KEY, model_inputs
 
 logger = logging.getLogger(__name__)
@@ -60,9 +60,9 @@ class LoopParams:
     train_rows: int
     seed: int
     metrics_dir: str
-    # model.init_from resolved on the driver: a saved model directory whose backbone
-    # weights replace the freshly built backbone before training (and before adapters).
-    init_backbone: str | None = None
+    # model.init_from resolved on the driver: the saved model whose backbone weights
+    # replace the freshly built backbone before training (and before adapters).
+    init_backbone: InitBackbone | None = None
     # Test hook: the first attempt's workers exit hard at the start of this epoch,
     # to prove that a restarted group resumes from its last checkpoint.
     fail_at_epoch: int | None = None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -219,19 +221,47 @@ def backbone_mismatch(backbone: BackboneConfig, model_dir: Path) -> str | None:
     return "; ".join(parts)
 
 
-def load_backbone_weights(classifier: Classifier, model_dir: Path) -> None:
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class InitBackbone:
+    """model.init_from resolved on the driver: the source's saved model directory and
+    the sha256 of its weights when this run started."""
+
+    model_dir: str
+    weights_sha256: str
+
+    @classmethod
+    def of(cls, model_dir: Path) -> InitBackbone:
+        return cls(str(model_dir.resolve()), file_sha256(model_dir / WEIGHTS_FILE))
+
+
+def load_backbone_weights(classifier: Classifier, init: InitBackbone) -> None:
     """Overwrite the classifier's backbone with a saved classifier's backbone (strict:
     every tensor, same shapes). The head is left as built: the source's label set may
-    differ from this run's."""
-    state = load_file(str(model_dir / WEIGHTS_FILE))
+    differ from this run's. Refuses weights that changed since the run started (the
+    source retrained): a resumed PEFT run would get another frozen base."""
+    weights = Path(init.model_dir) / WEIGHTS_FILE
+    if file_sha256(weights) != init.weights_sha256:
+        raise ValueError(
+            f"model.init_from: {weights} changed since this run started (its source run was "
+            "retrained); train this run again from the start"
+        )
+    state = load_file(str(weights))
     backbone_state = {k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
     classifier.backbone.load_state_dict(backbone_state, strict=True)
 
 
-def build_initial_classifier(model_cfg: ModelConfig, num_labels: int, init_backbone: str | None) -> Classifier:
+def build_initial_classifier(model_cfg: ModelConfig, num_labels: int, init: InitBackbone | None) -> Classifier:
     """The classifier a run starts from: built from the config, then (model.init_from)
     the backbone replaced by the source run's selected weights."""
     classifier = build_classifier(model_cfg, num_labels)
-    if init_backbone is not None:
-        load_backbone_weights(classifier, Path(init_backbone))
+    if init is not None:
+        load_backbone_weights(classifier, init)
     return classifier

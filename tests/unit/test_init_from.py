@@ -14,7 +14,7 @@ from ray_app.pipeline import check_training_setup, resolve_init_from
 from tests.conftest import smoke_config
 from trainers.adapters import PeftSetup, merge_adapters
 from trainers.config import PeftConfig
-from trainers.model import build_classifier, build_initial_classifier, save_classifier
+from trainers.model import InitBackbone, build_classifier, build_initial_classifier, save_classifier
 
 NUM_LABELS = 10  # the smoke config's digits
 
@@ -53,7 +53,7 @@ def test_new_run_starts_from_the_merged_backbone_of_a_peft_run(tmp_path: Path) -
     assert model_dir == (tmp_path / "lora_source" / "train" / "model").resolve()
 
     torch.manual_seed(1)
-    started = build_initial_classifier(target_cfg.model, NUM_LABELS, str(model_dir)).eval()
+    started = build_initial_classifier(target_cfg.model, NUM_LABELS, InitBackbone.of(model_dir)).eval()
     fresh_backbone = build_classifier(target_cfg.model, NUM_LABELS).backbone
     with torch.no_grad():
         # Backbone: the source's merged weights exactly, not this run's random ones.
@@ -71,9 +71,9 @@ def test_peft_on_top_of_init_from_rebuilds_the_same_frozen_base(tmp_path: Path) 
     cfg = smoke_config(tmp_path)
     source = _merged_peft_source(cfg)
     model_dir = _fake_run(tmp_path, "src", source, cfg)
-    setup = PeftSetup(cfg.model, PeftConfig(r=2), NUM_LABELS, seed=0, init_backbone=str(model_dir))
+    setup = PeftSetup(cfg.model, PeftConfig(r=2), NUM_LABELS, seed=0, init_backbone=InitBackbone.of(model_dir))
     rebuilt = PeftSetup.from_json(setup.to_json())  # what a checkpoint stores
-    assert rebuilt.init_backbone == str(model_dir)
+    assert rebuilt.init_backbone == setup.init_backbone
     first, second = setup.build(), rebuilt.build()
     with torch.no_grad():
         assert torch.equal(merge_adapters(first).pooled_features(pixel_values=_pixels()),
@@ -115,3 +115,15 @@ def test_a_run_cannot_start_from_itself(tmp_path: Path) -> None:
     _fake_run(tmp_path, "smoke_vit_baseline_s0", build_classifier(cfg.model, NUM_LABELS), cfg)
     with pytest.raises(UserError, match="names this run itself"):
         check_training_setup(cfg)
+
+
+def test_source_weights_that_changed_since_the_run_started_are_refused(tmp_path: Path) -> None:
+    # A resumed PEFT run rebuilds its frozen base from the source: retrained, that
+    # source would give another base under the same adapters.
+    cfg = smoke_config(tmp_path)
+    model_dir = _fake_run(tmp_path, "src", build_classifier(cfg.model, NUM_LABELS), cfg)
+    init = InitBackbone.of(model_dir)
+    torch.manual_seed(5)
+    save_classifier(build_classifier(cfg.model, NUM_LABELS), cfg.model, [str(i) for i in range(NUM_LABELS)], model_dir, extra={})
+    with pytest.raises(ValueError, match="changed since this run started"):
+        build_initial_classifier(cfg.model, NUM_LABELS, init)
