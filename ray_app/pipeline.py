@@ -40,7 +40,14 @@ from trainers.baseline import LoopParams, fit_baseline
 from trainers.checkpoint import selected_model
 from trainers.model import WEIGHTS_FILE, InitBackbone, backbone_mismatch, build_classifier, save_classifier
 from trainers.predict import predict_logits
-from trainers.preprocess import ImageSpec, TextSpec, preprocess_dataset, resolve_image_spec, resolve_text_spec
+from trainers.preprocess import (
+    ImageSpec,
+    TextSpec,
+    check_text_backbone_fits,
+    preprocess_dataset,
+    resolve_image_spec,
+    resolve_text_spec,
+)
 
 FAIL_AT_EPOCH_ENV = "RAY_APP_FAIL_AT_EPOCH"
 API_SERVER_ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # read by Ray's state API
@@ -173,13 +180,13 @@ def resolve_input_spec(cfg: AppConfig) -> ImageSpec | TextSpec:
     try:
         if cfg.data.source.modality == "image":
             return resolve_image_spec(cfg.model)
-        return resolve_text_spec(cfg.model)
+        spec = resolve_text_spec(cfg.model)
+        check_text_backbone_fits(cfg.model, spec)
+        return spec
     except (OSError, ValueError) as exc:
         where = cfg.model.backbone.id or "model.backbone.config"
-        raise UserError(
-            f"cannot prepare inputs for backbone '{where}': {exc}. A backbone id must be "
-            "a local directory on hosts without hub access."
-        ) from None
+        hint = " A backbone id must be a local directory on hosts without hub access." if cfg.model.backbone.id else ""
+        raise UserError(f"cannot prepare inputs for backbone '{where}': {exc}.{hint}") from None
 
 
 def resolve_init_from(cfg: AppConfig) -> Path | None:

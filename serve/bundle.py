@@ -4,7 +4,7 @@
       model.safetensors     weights (the selected / EMA weights of the run)
       backbone/config.json  the backbone's Hugging Face config (rebuilt with from_config)
       classifier.json       head, pooling, label names, preprocessing
-      tokenizer/            text models only: the tokenizer files
+      tokenizer/            text models only: the tokenizer (save_pretrained), nothing else
       policy.json           temperature + decision rule
       bundle.json           format version, run, splits fingerprint, versions and the
                             sha256 of every other file
@@ -24,6 +24,7 @@ from typing import Any
 
 from calibration.policy import Policy
 from trainers.model import CLASSIFIER_FILE, WEIGHTS_FILE, Classifier, file_sha256, load_classifier
+from trainers.preprocess import TextSpec, load_tokenizer
 from trainers.views import IDENTITY_ONLY
 
 # Version 2: classifier.json names views other than identity (multi-view inference,
@@ -64,8 +65,12 @@ def export_bundle(model_dir: Path, policy: Policy, destination: Path, details: d
     spec = json.loads((tmp / CLASSIFIER_FILE).read_text())
     preprocessing = spec.get("preprocessing", {})
     if preprocessing.get("kind") == "text":
-        # The run points at a tokenizer directory somewhere on disk; the bundle carries it.
-        shutil.copytree(Path(preprocessing["tokenizer"]), tmp / TOKENIZER_DIR)
+        # The run points at a tokenizer directory somewhere on disk; the bundle carries
+        # the tokenizer itself, saved afresh: that directory may be a whole model
+        # directory (a backbone given by id), whose weights do not belong here.
+        load_tokenizer(TextSpec(**{k: v for k, v in preprocessing.items() if k != "kind"})).save_pretrained(
+            tmp / TOKENIZER_DIR
+        )
         preprocessing["tokenizer"] = TOKENIZER_DIR
         (tmp / CLASSIFIER_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
     (tmp / POLICY_FILE).write_text(policy.model_dump_json(indent=2) + "\n")

@@ -7,6 +7,7 @@ normalise by mean/std. Text: the backbone's tokenizer, padded/truncated to max_l
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,10 +100,56 @@ def resolve_image_spec(model_cfg: ModelConfig) -> ImageSpec:
 
 
 def resolve_text_spec(model_cfg: ModelConfig) -> TextSpec:
-    tokenizer = model_cfg.preprocessing.tokenizer or model_cfg.backbone.id
+    """The tokenizer directory (made absolute: workers and the bundle export must find
+    it whatever their current directory) and the sequence length."""
+    configured = model_cfg.preprocessing.tokenizer
+    tokenizer = configured or model_cfg.backbone.id
     if tokenizer is None:
         raise ValueError("text needs model.preprocessing.tokenizer or a backbone id")
+    local = Path(tokenizer)
+    if local.is_dir():
+        tokenizer = str(local.resolve())
+    elif configured is not None:
+        raise ValueError(
+            f"model.preprocessing.tokenizer '{configured}' is not a directory (relative paths "
+            f"are resolved from the current directory, {Path.cwd()})"
+        )
     return TextSpec(tokenizer=str(tokenizer), max_length=model_cfg.preprocessing.max_length)
+
+
+def load_tokenizer(spec: TextSpec) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(spec.tokenizer))
+
+
+def check_text_backbone_fits(model_cfg: ModelConfig, spec: TextSpec) -> None:
+    """Refuse a tokenizer / backbone pair that would fail inside a worker with an index
+    error: token ids past the embedding table, or sequences longer than the positions."""
+    from trainers.model import backbone_config  # torch and transformers: only when checking text
+
+    try:
+        tokenizer = load_tokenizer(spec)
+    except (OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split())  # transformers' messages span several lines
+        raise ValueError(
+            f"cannot load a tokenizer from '{spec.tokenizer}' ({reason}); it needs "
+            "tokenizer_config.json and the vocabulary (e.g. vocab.txt) or tokenizer.json"
+        ) from None
+    backbone = backbone_config(model_cfg.backbone)
+    vocab_size = getattr(backbone, "vocab_size", None)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"the tokenizer at '{spec.tokenizer}' has {len(tokenizer)} tokens but the backbone's "
+            f"vocab_size is {vocab_size}: ids from {vocab_size} on have no embedding; set "
+            f"vocab_size to at least {len(tokenizer)}"
+        )
+    positions = getattr(backbone, "max_position_embeddings", None)
+    if positions is not None and spec.max_length > positions:
+        raise ValueError(
+            f"model.preprocessing.max_length is {spec.max_length} but the backbone has "
+            f"max_position_embeddings={positions}: lower max_length or raise the positions"
+        )
 
 
 def decode_image(content: bytes, spec: ImageSpec) -> np.ndarray:
@@ -139,30 +186,52 @@ def preprocess_image_batch(
     }
 
 
+@functools.lru_cache(maxsize=4)
+def cached_tokenizer(spec: TextSpec) -> Any:
+    """One tokenizer per process and spec: Ray reuses its worker processes across
+    tasks, so a worker loads it once, not once per batch."""
+    return load_tokenizer(spec)
+
+
+def tokenize_batch(
+    tokenizer: Any, batch: dict[str, np.ndarray], spec: TextSpec, keep: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """Split rows -> {input_ids, attention_mask, labels, *keep}, padded / truncated to
+    spec.max_length."""
+    encoded = tokenizer(
+        [str(t) for t in batch["text"]],
+        padding="max_length",
+        truncation=True,
+        max_length=spec.max_length,
+        return_tensors="np",
+    )
+    return {
+        "input_ids": encoded["input_ids"].astype(np.int64),
+        "attention_mask": encoded["attention_mask"].astype(np.int64),
+        LABEL_KEY: batch["label_id"].astype(np.int64),
+        **{k: batch[k] for k in keep},
+    }
+
+
+def preprocess_text_batch(
+    batch: dict[str, np.ndarray], spec: TextSpec, keep: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """Ray Data map_batches function for text (a task, like images: an actor pool would
+    start a fresh process per dataset, and hold a CPU that the batch-inference actor
+    after it needs on a small local Ray)."""
+    return tokenize_batch(cached_tokenizer(spec), batch, spec, keep)
+
+
 class TextPreprocessor:
-    """Ray Data map_batches callable class: loads the tokenizer once per actor."""
+    """The tokenizer loaded once, applied to batches of split rows."""
 
     def __init__(self, spec: TextSpec, keep: tuple[str, ...] = ()) -> None:
-        from transformers import AutoTokenizer
-
         self.spec = spec
         self.keep = keep
-        self.tokenizer = AutoTokenizer.from_pretrained(Path(spec.tokenizer))
+        self.tokenizer = load_tokenizer(spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        encoded = self.tokenizer(
-            [str(t) for t in batch["text"]],
-            padding="max_length",
-            truncation=True,
-            max_length=self.spec.max_length,
-            return_tensors="np",
-        )
-        return {
-            "input_ids": encoded["input_ids"].astype(np.int64),
-            "attention_mask": encoded["attention_mask"].astype(np.int64),
-            LABEL_KEY: batch["label_id"].astype(np.int64),
-            **{k: batch[k] for k in self.keep},
-        }
+        return tokenize_batch(self.tokenizer, batch, self.spec, self.keep)
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
@@ -173,15 +242,5 @@ def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
 def preprocess_dataset(ds: Any, spec: ImageSpec | TextSpec, keep: tuple[str, ...] = ()) -> Any:
     """Attach the preprocessing step to a Ray Dataset of split rows (lazy, streamed).
     Columns named in `keep` pass through unchanged."""
-    import ray.data
-
-    if isinstance(spec, ImageSpec):
-        return ds.map_batches(
-            preprocess_image_batch, fn_kwargs={"spec": spec, "keep": keep}, batch_format="numpy"
-        )
-    return ds.map_batches(
-        TextPreprocessor,
-        fn_constructor_kwargs={"spec": spec, "keep": keep},
-        compute=ray.data.ActorPoolStrategy(size=1),
-        batch_format="numpy",
-    )
+    preprocess = preprocess_image_batch if isinstance(spec, ImageSpec) else preprocess_text_batch
+    return ds.map_batches(preprocess, fn_kwargs={"spec": spec, "keep": keep}, batch_format="numpy")

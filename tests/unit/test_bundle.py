@@ -87,13 +87,17 @@ def test_text_bundle_carries_its_tokenizer(tmp_path: Path) -> None:
     BertTokenizer(vocab=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "tok")
     cfg = model_cfg(backbone={**TINY_BERT, "vocab_size": len(vocab)})
     model = build_classifier(cfg, 2)
+    # The tokenizer of a backbone given by id lives in the model directory, next to its weights.
+    model.backbone.save_pretrained(tmp_path / "tok")
     spec = TextSpec(str(tmp_path / "tok"), 6)
     save_classifier(model, cfg, ["n", "y"], tmp_path / "model", extra={"preprocessing": spec.to_dict()})
     path = export_bundle(tmp_path / "model", Policy(), tmp_path / "bundle", {"run": "t"})
     (tmp_path / "tok").rename(tmp_path / "gone")  # the bundle must not need the original
     loaded = load_bundle(path)
     assert loaded.spec["preprocessing"]["tokenizer"] == str(path / "tokenizer")
-    assert any(name.startswith("tokenizer/") for name in loaded.manifest["files"])
+    tokenizer_files = {name for name in loaded.manifest["files"] if name.startswith("tokenizer/")}
+    assert "tokenizer/tokenizer_config.json" in tokenizer_files
+    assert not any(name.endswith(".safetensors") for name in tokenizer_files)  # the model dir's weights stay out
     tokens = TextPreprocessor(TextSpec(loaded.spec["preprocessing"]["tokenizer"], 6))(
         {"text": np.array(["yes no"], dtype=object), "label_id": np.array([1])}
     )

@@ -23,7 +23,7 @@ def test_every_preset_validates_and_names_its_command(preset: Path) -> None:
 
 
 def test_presets_exist() -> None:
-    assert {p.name for p in PRESETS} >= {"digits.yaml", "smoke.yaml"}
+    assert {p.name for p in PRESETS} >= {"digits.yaml", "digits_lora.yaml", "smoke.yaml", "text_smoke.yaml"}
 
 
 def test_overrides_are_parsed_as_yaml_values() -> None:
