@@ -75,7 +75,6 @@ import ctypes
 import ctypes.util
 import gc
 import importlib.metadata
-import io
 import itertools
 import json
 import os
@@ -93,17 +92,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from PIL import Image
 from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import get_cosine_schedule_with_warmup
 
 from ray_app.config import AppConfig, load_config
 from ray_app.errors import UserError
-from trainers.adapters import PeftSetup, PeftSetupError, backbone_skeleton, check_peft_setup
+from ray_app.sources import encoded_digits
+from trainers.adapters import PeftSetup, PeftSetupError, check_peft_setup
 from trainers.baseline import param_groups
 from trainers.config import PeftConfig
-from trainers.model import Classifier, build_classifier
+from trainers.model import Classifier, backbone_skeleton, build_classifier
 from trainers.preprocess import LABEL_KEY, ImageSpec, preprocess_image_batch, resolve_image_spec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -185,14 +184,8 @@ def digits_png_batch() -> dict[str, np.ndarray]:
     """The sklearn digits as split rows: 8-bit grey PNG bytes (as ray_app.sources
     encodes them for `kind: sklearn_digits`) and label ids (labels "0".."9" sort to
     ids 0..9)."""
-    digits = load_digits()
-    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
-    encoded = []
-    for image in images:
-        buffer = io.BytesIO()
-        Image.fromarray(image, mode="L").save(buffer, format="PNG")
-        encoded.append(buffer.getvalue())
-    return {"image": np.array(encoded, dtype=object), "label_id": digits.target.astype(np.int64)}
+    encoded, targets = encoded_digits()
+    return {"image": np.array(encoded, dtype=object), "label_id": targets.astype(np.int64)}
 
 
 def load_digits_tensors(spec: ImageSpec) -> tuple[torch.Tensor, torch.Tensor]:

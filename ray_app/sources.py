@@ -52,24 +52,31 @@ def check_source_exists(source: SourceConfig) -> None:
         _check_local_path(source.path, f"the {source.kind} data")
 
 
-def _digits_dataset() -> ray.data.Dataset:
-    import pandas as pd
+def encoded_digits() -> tuple[list[bytes], np.ndarray]:
+    """The scikit-learn digits as PNG bytes and their int targets. Pixel values are
+    0..16; scaled to 8-bit grey, the digits travel as ordinary PNGs through the same
+    decode path as any user's images (and HTTP requests)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    # Pixel values are 0..16; scale to 8-bit grey so digits travel as ordinary PNGs
-    # through the same decode path as any user's images (and, later, HTTP requests).
     images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)
     encoded = []
     for image in images:
         buffer = io.BytesIO()
         Image.fromarray(image, mode="L").save(buffer, format="PNG")
         encoded.append(buffer.getvalue())
+    return encoded, digits.target
+
+
+def _digits_dataset() -> ray.data.Dataset:
+    import pandas as pd
+
+    encoded, targets = encoded_digits()
     frame = pd.DataFrame(
         {
             "image": encoded,
-            "label": [str(int(t)) for t in digits.target],
-            "ref": [f"sklearn_digits row {i}" for i in range(len(images))],
+            "label": [str(int(t)) for t in targets],
+            "ref": [f"sklearn_digits row {i}" for i in range(len(encoded))],
         }
     )
     return ray.data.from_pandas(frame)
