@@ -219,19 +219,21 @@ def resolve_init_from(cfg: AppConfig) -> Path | None:
     return model_dir.resolve()
 
 
-def check_training_setup(cfg: AppConfig) -> None:
+def check_training_setup(cfg: AppConfig) -> Path | None:
     """Training setups that cannot work are user errors found on the driver, before
     Ray starts: a PEFT plan whose targets match nothing or that unfreezes too many
-    blocks (from the backbone's module names alone), and a bad model.init_from."""
-    resolve_init_from(cfg)
+    blocks (from the backbone's module names alone), and a bad model.init_from.
+    Returns model.init_from resolved (see resolve_init_from)."""
+    init_dir = resolve_init_from(cfg)
     if cfg.training.mode != "peft":
-        return
+        return init_dir
     from trainers.adapters import PeftSetupError, check_peft_setup
 
     try:
         check_peft_setup(cfg.model, cfg.training.peft)
     except PeftSetupError as exc:
         raise UserError(str(exc)) from None
+    return init_dir
 
 
 def _failure_injection() -> int | None:
@@ -260,8 +262,7 @@ def run_training(
     summary = reader.summary()
     label_names: list[str] = summary["label_names"]
     spec = resolve_input_spec(cfg)
-    check_training_setup(cfg)
-    init_dir = resolve_init_from(cfg)
+    init_dir = check_training_setup(cfg)
     init_backbone = None if init_dir is None else InitBackbone.of(init_dir)
     with run.stage("train", stage_fingerprint(cfg, "train")) as details:
         # A new training never resumes an older one's checkpoints.

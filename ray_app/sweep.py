@@ -26,13 +26,13 @@ import json
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, get_args
 
 import yaml
 from filelock import FileLock
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from ray import tune
 
 from ray_app.config import (
@@ -45,6 +45,7 @@ from ray_app.config import (
     validate_model,
 )
 from ray_app.errors import ConfigError, UserError
+from trainers.config import StrictModel
 
 # Sections a sweep may vary. The backbone and preprocessing are left out: they change
 # the inputs every trial shares (sweep each backbone separately); data and seed change
@@ -59,10 +60,6 @@ COMMON_NAMES = {
 # Name-pattern placeholders that already show a config field ({mode} is training.mode).
 DERIVED_ALIASES = {"training.mode": "mode"}
 TRIAL_DRIVER_MEMORY = 256 * 2**20  # bytes reserved by a trial's driver function
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Dimension(StrictModel):
@@ -195,9 +192,8 @@ def sweepable_fields(model: type[BaseModel] = AppConfig, prefix: str = "") -> li
 def _key_problem(key: str, allowed: list[str]) -> str | None:
     if key in allowed:
         return None
-    if any(key == s or key.startswith(f"{s}.") for s in FIXED_SUBSECTIONS) or key.split(".")[0] in (
-        "data", "seed", "storage", "ray", "scaling", "calibration", "name_pattern",
-    ):
+    shared_by_all_trials = set(AppConfig.model_fields) - set(SWEEPABLE_SECTIONS)
+    if any(key == s or key.startswith(f"{s}.") for s in FIXED_SUBSECTIONS) or key.split(".")[0] in shared_by_all_trials:
         return (
             f"space key '{key}': a sweep varies {', '.join(SWEEPABLE_SECTIONS)} fields only "
             f"({', '.join(FIXED_SUBSECTIONS)}, data and seed are shared by every trial); set it "
@@ -392,17 +388,23 @@ class SweepProgress(tune.Callback):
         self.echo = echo
         self.metric_key = metric_key
         self.run_names = run_names
+        self.names: dict[str, str] = {}  # trial id -> run name: resolved once, not per epoch
+
+    def _name(self, trial: Any) -> str:
+        if trial.trial_id not in self.names:
+            self.names[trial.trial_id] = self.run_names(trial.config)
+        return self.names[trial.trial_id]
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any) -> None:
         if self.metric_key in result:
             self.echo(
-                f"  {self.run_names(trial.config)} epoch {result.get('epoch')}: "
+                f"  {self._name(trial)} epoch {result.get('epoch')}: "
                 f"{self.metric_key}={result[self.metric_key]:.4f}"
             )
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         epochs = (trial.last_result or {}).get("training_iteration", 0)
-        self.echo(f"  {self.run_names(trial.config)} ended after {epochs} epoch(s)")
+        self.echo(f"  {self._name(trial)} ended after {epochs} epoch(s)")
 
 
 @dataclass
@@ -440,8 +442,8 @@ def _write_outputs(
                 "command": command,
                 "spec": sweep.model_dump(mode="json"),
                 "metric": metric_key,
-                "trials": [row.__dict__ for row in rows],
-                "best": best.__dict__,
+                "trials": [asdict(row) for row in rows],
+                "best": asdict(best),
             },
             indent=2,
             default=str,
@@ -460,7 +462,6 @@ def run_sweep(
     echo: Callable[[str], None] = print,
 ) -> SweepOutcome:
     """Run the sweep on the connected Ray; write and return the results."""
-    from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
