@@ -9,7 +9,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,58 @@ from ray_app.errors import UserError
 from serve.bundle import BundleError, verify_bundle
 from serve.app import serve_deploy_config
 from serve.config import TOKEN_ENV, ServeConfig
+
+
+# Ray Serve reads these from the environment of the Ray processes (controller, proxy,
+# replicas), so they take effect when ray-app starts the Ray that serves; a value
+# already in the environment wins (e.g. RAY_SERVE_ENABLE_HA_PROXY=0 for Serve's Python
+# proxy). On a cluster joined through RAY_ADDRESS, set them where the cluster starts.
+# What each bought is in BENCHMARKS.md (bench/serve_throughput.py).
+SERVE_ENVIRONMENT: dict[str, str] = {
+    # HAProxy (C, shipped with ray[serve]) takes HTTP in place of the Python proxy actor
+    # and forwards each request straight to a replica's own HTTP server: no proxy
+    # process parsing every request, no Ray call per request.
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # Serve's documented high-throughput profile: user code on the replica's own event
+    # loop (no hop between loops per request), request-path logs buffered, replica
+    # logs to files only instead of also to stderr (which the driver would echo).
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # Behind HAProxy a stopping replica keeps accepting for this long (default 30 s) so
+    # that load balancers elsewhere notice it is going; ray-app's HAProxy is told at
+    # once and retries a refused connection, so 2 s keeps Ctrl-C, app removal and
+    # redeploys quick without dropping requests.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+}
+# HAProxy's stats page and Prometheus endpoint listen on fixed ports (8404, 9101) by
+# default, so a second Serve on the same machine could not start its HAProxy; each
+# ray-app Serve takes free ports instead.
+HAPROXY_PORT_VARIABLES = ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def serve_environment() -> Iterator[dict[str, str]]:
+    """SERVE_ENVIRONMENT (and free HAProxy side ports) in os.environ while a local Ray
+    starts inside the block; the Ray processes keep their copy, and the driver's own
+    environment is restored after, so subprocesses that start a Ray of their own pick
+    their own ports. Yields the values in force."""
+    wanted = {**SERVE_ENVIRONMENT, **{name: str(_free_port()) for name in HAPROXY_PORT_VARIABLES}}
+    previous = {name: os.environ.get(name) for name in wanted}
+    applied = {name: previous[name] or value for name, value in wanted.items()}
+    os.environ.update(applied)
+    try:
+        yield applied
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def load_serve_config(
@@ -73,7 +126,11 @@ def deploy(configs: list[ServeConfig], dashboard_url: str, timeout_s: float = 18
         failed = {name: st.message for name, st in states.items() if st.status in ("DEPLOY_FAILED", "UNHEALTHY")}
         if failed:
             raise UserError(f"Serve could not deploy {sorted(failed)}: {next(iter(failed.values()))}")
-        if len(states) == len(configs) and all(st.status == "RUNNING" for st in states.values()):
+        # The config is the whole desired state: apps left out are deleted, and the
+        # deploy is complete once they are gone too (behind HAProxy a removed app's
+        # replicas keep answering while they drain).
+        leftover = set(statuses) - {c.app_name for c in configs}
+        if len(states) == len(configs) and all(st.status == "RUNNING" for st in states.values()) and not leftover:
             return
         if time.monotonic() > deadline:
             raise TimeoutError(f"Serve apps not running after {timeout_s:.0f}s: { {n: s.status for n, s in states.items()} }")
@@ -87,7 +144,11 @@ def start_serving(config: ServeConfig) -> str:
     address = os.environ.get("RAY_ADDRESS")
     if not address:
         check_port_free(config.host, config.port)
-    context = ray.init(address=address or "local")
+    if address:
+        context = ray.init(address=address)
+    else:
+        with serve_environment():
+            context = ray.init(address="local")
     serve.start(http_options={"host": config.host, "port": config.port})
     deploy([config], f"http://{context.dashboard_url}")
     host = f"[{config.host}]" if ":" in config.host else config.host

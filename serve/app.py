@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import SecretStr, ValidationError
@@ -116,13 +117,23 @@ class RequestGate:
 @serve.ingress()
 class ClassifierDeployment:
     def __init__(self, config: ServeConfig) -> None:
-        import torch
-
-        if config.torch_threads:
-            torch.set_num_threads(config.torch_threads)
+        # Ray sets OMP_NUM_THREADS from the reserved CPUs, but only when it is unset
+        # and before torch is imported; setting torch's own count here holds either way.
+        torch.set_num_threads(config.resolved_torch_threads())
         self.config = config
-        device = "cuda" if config.num_gpus_per_replica > 0 and torch.cuda.is_available() else "cpu"
-        self.predictor = BundlePredictor(load_bundle(Path(config.bundle)), config.max_image_pixels, device)
+        on_gpu = config.num_gpus_per_replica > 0
+        if on_gpu and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"num_gpus_per_replica is {config.num_gpus_per_replica} but torch sees no CUDA device "
+                f"on this replica (torch {torch.__version__}); install a CUDA build of torch there"
+            )
+        self.predictor = BundlePredictor(
+            load_bundle(Path(config.bundle)),
+            config.max_image_pixels,
+            device="cuda" if on_gpu else "cpu",
+            dtype=config.precision,
+            text_chunk_size=config.resolved_text_chunk_size(on_gpu),
+        )
         self.token = config.token.get_secret_value() if config.token else None
         self.started_at = time.time()
         # Counters in /metadata: how well requests from different callers are batched.
@@ -142,22 +153,26 @@ class ClassifierDeployment:
         self.forward_batch.set_batch_wait_timeout_s(self.batch_wait_timeout_s)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def forward_batch(self, inputs: list[ModelInput]) -> list[np.ndarray]:
-        # The forward runs in a thread so the event loop keeps parsing requests and
-        # filling the next batch meanwhile.
-        logits = await asyncio.to_thread(self.predictor.logits, inputs)
+    async def forward_batch(self, inputs: list[ModelInput]) -> list[np.ndarray | InputError]:
+        # Preprocessing and the forward run in a thread, once per batch, so the event
+        # loop keeps parsing requests and filling the next batch meanwhile. An image
+        # that does not decode comes back as its InputError; the rest are answered.
+        results = await asyncio.to_thread(self.predictor.logits_or_errors, inputs)
         self.stats["forward_passes"] += 1
         self.stats["inputs"] += len(inputs)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(inputs))
-        return list(logits)
+        return results
 
     async def predict(self, request: PredictRequest) -> PredictResponse:
         inputs = self.predictor.prepare(request, self.config.max_inputs_per_request)
         self.stats["requests"] += 1
-        logits = np.stack(await asyncio.gather(*(self.forward_batch(x) for x in inputs)))
+        results = await asyncio.gather(*(self.forward_batch(x) for x in inputs))
+        for result in results:
+            if isinstance(result, InputError):
+                raise result
         # The policy is read after the forward: a reconfigure applies to every answer
         # sent after it.
-        predictions = self.predictor.answer(logits, self.policy, request.top_k or self.top_k)
+        predictions = self.predictor.answer(np.stack(results), self.policy, request.top_k or self.top_k)
         return PredictResponse(model_version=self.predictor.bundle.model_version, predictions=predictions)
 
     def metadata(self) -> dict[str, Any]:
@@ -180,7 +195,8 @@ class ClassifierDeployment:
                 "max_image_pixels": self.config.max_image_pixels,
             },
             "versions": bundle.manifest.get("versions", {}),
-            "replica": {"id": self.replica_id, "started_at": self.started_at, **self.stats},
+            "replica": {"id": self.replica_id, "started_at": self.started_at, "device": str(self.predictor.device),
+                        "precision": self.config.precision, "torch_threads": torch.get_num_threads(), **self.stats},
             "token_required": self.token is not None,
         }
 
@@ -245,6 +261,16 @@ def _register_request_schema(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def cluster_resources() -> dict[str, float]:
+    """The resources of the Ray cluster this process is connected to; without one (a
+    config file written before anything starts), this machine's CPUs."""
+    import ray
+
+    if ray.is_initialized():
+        return {key: float(value) for key, value in ray.cluster_resources().items()}
+    return {"CPU": float(os.cpu_count() or 1)}
+
+
 def build_app(args: ServeConfig) -> Application:
     """The Serve application for one bundle (also the `serve run` / `serve deploy`
     import path: `serve.app:build_app`). The bundle is verified here first, so a bad
@@ -256,7 +282,8 @@ def build_app(args: ServeConfig) -> Application:
     token = args.token.get_secret_value() if args.token else os.environ.get(TOKEN_ENV)
     config = args.model_copy(update={"bundle": str(bundle), "token": SecretStr(token) if token else None})
     scaling: dict[str, Any] = (
-        {"autoscaling_config": config.autoscaling.model_dump()} if config.autoscaling else {"num_replicas": config.num_replicas}
+        {"autoscaling_config": config.autoscaling.model_dump()} if config.autoscaling
+        else {"num_replicas": config.resolved_num_replicas(cluster_resources())}
     )
     return ClassifierDeployment.options(
         name="classifier",
@@ -292,7 +319,7 @@ def serve_deploy_config(configs: list[ServeConfig], include_token: bool = True) 
         if config.autoscaling is not None:
             deployment["autoscaling_config"] = config.autoscaling.model_dump()
         else:
-            deployment["num_replicas"] = config.num_replicas
+            deployment["num_replicas"] = config.resolved_num_replicas(cluster_resources())
         applications.append({"name": config.app_name, "route_prefix": config.route_prefix,
                              "import_path": "serve.app:build_app", "args": args, "deployments": [deployment]})
     return {"http_options": {"host": configs[0].host, "port": configs[0].port}, "applications": applications}

@@ -8,7 +8,7 @@ the same rules as `ray-app serve`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
@@ -65,14 +65,45 @@ class ServeConfig(BaseModel):
         description="Requests one replica handles at once. Must be >= max_batch_size, or "
         "a replica can never gather a full batch from separate single-input callers.",
     )
-    num_replicas: int = Field(default=1, ge=1, description="Fixed replica count (ignored when autoscaling is set).")
+    num_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fixed replica count (ignored when autoscaling is set). null: one replica per "
+        "num_cpus_per_replica CPUs of the Ray cluster (per num_gpus_per_replica GPUs when on GPU), "
+        "read when the app is deployed. Several single-thread replicas beat one multi-thread replica "
+        "on CPU: each parses its own requests in parallel, and small forwards scale poorly across "
+        "threads. Set it when the cluster's CPUs are shared with other work or other apps.",
+    )
     autoscaling: AutoscalingSettings | None = Field(
         default=None, description="Scale replicas on ongoing requests instead of a fixed count."
     )
     num_cpus_per_replica: float = Field(default=1.0, gt=0.0, description="CPUs reserved per replica.")
-    num_gpus_per_replica: float = Field(default=0.0, ge=0.0, description="GPUs per replica (0: CPU inference).")
+    num_gpus_per_replica: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="GPUs per replica (0: CPU inference). Above 0 the model and its inputs go to the "
+        "replica's GPU; a fraction lets several replicas share one.",
+    )
     torch_threads: int | None = Field(
-        default=None, ge=1, description="torch intra-op threads per replica; null keeps torch's default."
+        default=None,
+        ge=1,
+        description="torch intra-op threads per replica. null: the CPUs the replica reserves "
+        "(num_cpus_per_replica, rounded down, at least 1), so a replica neither idles the cores it "
+        "holds nor competes for cores it does not.",
+    )
+    precision: Literal["fp32", "fp16", "bf16"] = Field(
+        default="fp32",
+        description="Weights and activations of the forward pass. fp16 needs a GPU "
+        "(num_gpus_per_replica > 0); bf16 also runs on CPUs, fast only on those with bf16 "
+        "instructions. The policy was calibrated on fp32 logits: check it holds at lower precision.",
+    )
+    text_chunk_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Text models: a batch is sorted by token count and run as forward passes of "
+        "this many texts, each padded to its own longest text, so short texts do not pay for long "
+        "ones. null: 8 on CPU, where 8 texts already keep the cores busy, and the whole batch on GPU, "
+        "where one larger pass is cheaper than several.",
     )
     max_inputs_per_request: int = Field(
         default=256, ge=1, description="Inputs one POST /predict may carry; more gets a 422."
@@ -101,9 +132,32 @@ class ServeConfig(BaseModel):
                 f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
                 f"({self.max_batch_size}): a replica only batches requests it has accepted"
             )
+        if self.precision == "fp16" and self.num_gpus_per_replica == 0:
+            raise ValueError(
+                "precision fp16 needs a GPU (num_gpus_per_replica > 0): CPU kernels for fp16 are slow or "
+                "missing; use bf16 or fp32 on CPU"
+            )
         if not self.route_prefix.startswith("/"):
             raise ValueError("route_prefix must start with '/'")
         return self
+
+    def resolved_num_replicas(self, cluster_resources: dict[str, float]) -> int:
+        """Replicas to run on a cluster with these resources (see `num_replicas`)."""
+        if self.num_replicas is not None:
+            return self.num_replicas
+        if self.num_gpus_per_replica > 0:
+            return max(1, int(cluster_resources.get("GPU", 0.0) // self.num_gpus_per_replica))
+        return max(1, int(cluster_resources.get("CPU", 1.0) // self.num_cpus_per_replica))
+
+    def resolved_torch_threads(self) -> int:
+        """torch intra-op threads a replica uses (see `torch_threads`)."""
+        return self.torch_threads or max(1, int(self.num_cpus_per_replica))
+
+    def resolved_text_chunk_size(self, on_gpu: bool) -> int | None:
+        """Texts per forward pass (see `text_chunk_size`); None: the whole batch."""
+        if self.text_chunk_size is not None:
+            return self.text_chunk_size
+        return None if on_gpu else 8
 
     def user_config(self) -> dict[str, Any]:
         """What `reconfigure` receives: the settings that change without a restart."""

@@ -2,6 +2,15 @@
 schema, turning inputs into model tensors (the training preprocessing, unchanged), the
 forward pass, and calibrated answers under a policy.
 
+Work is split in two so a server can batch across callers: `prepare` runs per request
+and does only what decides whether the request is answerable (kinds, limits, base64,
+image headers, pixel arrays), so a bad request gets its 4xx at once; `logits` runs once
+per batch and does the rest — tokenizing every text of the batch in one call, decoding
+the images — followed by the forward. Texts are padded to the longest text of their
+forward pass rather than to `max_length`, and a batch is sorted by length and cut into
+chunks of similar length (`text_chunk_size`), so short texts do not pay for long ones:
+with attention masks the logits are the same as under max_length padding.
+
 The Ray Serve app and the naive baseline server of `bench/serve_throughput.py` both use
 this, so they differ only in how requests reach the model.
 """
@@ -11,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -20,10 +30,23 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from calibration.policy import Policy
 from serve.bundle import LoadedBundle
-from trainers.preprocess import ImageSpec, TextSpec, decode_image, model_inputs, normalize_pixels
+from trainers.preprocess import ImageSpec, TextSpec, decode_image, normalize_pixels
 
-# One input's model tensors, keyed like Classifier.forward's arguments.
-ModelInput = dict[str, np.ndarray]
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image whose base64 and header were checked with its request; it is decoded
+    with its batch. `index` is its place in its request, for the error message."""
+
+    content: bytes
+    index: int
+
+
+# One checked input, ready for `logits`: a text, an image still encoded, or pixels
+# already normalised to float32 (C, H, W).
+ModelInput = str | EncodedImage | np.ndarray
 
 
 class InputError(ValueError):
@@ -84,14 +107,27 @@ class PredictResponse(BaseModel):
 
 
 class BundlePredictor:
-    """A loaded bundle and what it takes to answer requests with it."""
+    """A loaded bundle and what it takes to answer requests with it.
 
-    def __init__(self, bundle: LoadedBundle, max_image_pixels: int, device: str = "cpu") -> None:
+    `device` and `dtype` place the model (a GPU, half precision); inputs follow it.
+    `text_chunk_size`: texts per forward pass after sorting a batch by length (None:
+    the whole batch in one pass)."""
+
+    def __init__(
+        self,
+        bundle: LoadedBundle,
+        max_image_pixels: int,
+        device: str = "cpu",
+        dtype: Literal["fp32", "fp16", "bf16"] = "fp32",
+        text_chunk_size: int | None = None,
+    ) -> None:
         self.bundle = bundle
         self.device = torch.device(device)
-        self.model = bundle.model.to(self.device).eval()
+        self.dtype = TORCH_DTYPES[dtype]
+        self.model = bundle.model.to(device=self.device, dtype=self.dtype).eval()
         self.label_names: list[str] = list(bundle.spec["label_names"])
         self.max_image_pixels = max_image_pixels
+        self.text_chunk_size = text_chunk_size
         preprocessing = dict(bundle.spec["preprocessing"])
         kind = preprocessing.pop("kind")
         self.kind: Literal["image", "text"] = kind
@@ -117,10 +153,11 @@ class BundlePredictor:
                     "views": list(self.model.views), "view_crop_fraction": self.model.view_crop_fraction}
         return {"kind": "text", "accepts": ["text"], "max_length": self.text_spec.max_length}
 
-    # --- inputs -> tensors ------------------------------------------------------------
+    # --- per request: is it answerable? -------------------------------------------------
 
     def prepare(self, request: PredictRequest, max_inputs: int) -> list[ModelInput]:
-        """Every input checked and preprocessed, or an InputError naming the first bad one."""
+        """Every input checked, or an InputError naming the first bad one. Cheap on
+        purpose (no tokenizing, no image decoding): it runs once per request."""
         if len(request.inputs) > max_inputs:
             raise InputError(
                 f"the batch has {len(request.inputs)} inputs, over the limit of {max_inputs} "
@@ -133,14 +170,13 @@ class BundlePredictor:
             if self.kind == "text" and given != "text":
                 raise InputError(f"inputs[{index}] is {given}, but this model classifies text: send text")
         if self.kind == "text":
-            return self._prepare_texts([str(item.text) for item in request.inputs])
+            return [str(item.text) for item in request.inputs]
         return [
-            {"pixel_values": self._decode(item.image, index) if item.image is not None
-             else self._pixels(item.pixels, index)}
+            self._check_image(item.image, index) if item.image is not None else self._pixels(item.pixels, index)
             for index, item in enumerate(request.inputs)
         ]
 
-    def _decode(self, encoded: str, index: int) -> np.ndarray:
+    def _check_image(self, encoded: str, index: int) -> EncodedImage:
         if encoded.startswith("data:") and "," in encoded:
             encoded = encoded.split(",", 1)[1]
         try:
@@ -157,10 +193,7 @@ class BundlePredictor:
                 f"inputs[{index}].image is {width}x{height}, over the limit of {self.max_image_pixels} pixels; "
                 "downscale it before sending", status=413
             )
-        try:
-            return decode_image(content, self.image_spec)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"inputs[{index}].image could not be decoded ({exc})") from None
+        return EncodedImage(content, index)
 
     def _pixels(self, rows: Any, index: int) -> np.ndarray:
         spec = self.image_spec
@@ -184,20 +217,81 @@ class BundlePredictor:
             )
         return normalize_pixels(pixels, spec)
 
-    def _prepare_texts(self, texts: list[str]) -> list[ModelInput]:
-        encoded = self.tokenizer(
-            texts, padding="max_length", truncation=True, max_length=self.text_spec.max_length, return_tensors="np"
-        )
-        ids, mask = encoded["input_ids"].astype(np.int64), encoded["attention_mask"].astype(np.int64)
-        return [{"input_ids": ids[i], "attention_mask": mask[i]} for i in range(len(texts))]
+    # --- per batch: preprocessing and the forward -----------------------------------------
 
-    # --- forward and answers ------------------------------------------------------------
-
-    @torch.no_grad()
     def logits(self, inputs: list[ModelInput]) -> np.ndarray:
-        """One forward over all `inputs` (stacked): float32 [N, C]."""
-        stacked = {key: torch.as_tensor(np.stack([x[key] for x in inputs])).to(self.device) for key in inputs[0]}
-        return self.model(**model_inputs(stacked)).float().cpu().numpy()
+        """The float32 [N, C] logits of `inputs`, in order; an InputError for the first
+        image that does not decode."""
+        results = self.logits_or_errors(inputs)
+        for result in results:
+            if isinstance(result, InputError):
+                raise result
+        return np.stack(results)  # type: ignore[arg-type]
+
+    @torch.inference_mode()
+    def logits_or_errors(self, inputs: list[ModelInput]) -> list[np.ndarray | InputError]:
+        """One result per input, in order: its float32 logits, or the InputError of an
+        image that passed its header check but does not decode (a truncated file). The
+        other inputs of the batch are answered all the same."""
+        if self.kind == "text":
+            return list(self._text_logits([str(x) for x in inputs]))
+        results: list[np.ndarray | InputError] = []
+        for item in inputs:
+            results.append(self._decode(item) if isinstance(item, EncodedImage) else np.asarray(item))
+        good = [i for i, r in enumerate(results) if not isinstance(r, InputError)]
+        if good:
+            pixels = torch.from_numpy(np.stack([results[i] for i in good]))  # type: ignore[misc]
+            logits = self.forward(pixel_values=pixels)
+            for row, i in zip(logits, good, strict=True):
+                results[i] = row
+        return results
+
+    def _decode(self, image: EncodedImage) -> np.ndarray | InputError:
+        try:
+            return decode_image(image.content, self.image_spec)
+        except (OSError, ValueError) as exc:
+            return InputError(f"inputs[{image.index}].image could not be decoded ({exc})")
+
+    def tokenize(self, texts: list[str]) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """The forward passes for `texts`: sorted by token count, cut into chunks of
+        `text_chunk_size`, each padded to its own longest text. Each chunk comes with the
+        positions of its texts in `texts`, so the logits go back in input order."""
+        ids: list[list[int]] = self.tokenizer(
+            texts, truncation=True, max_length=self.text_spec.max_length, padding=False
+        )["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        size = self.text_chunk_size or len(order)
+        pad_id = self.tokenizer.pad_token_id or 0
+        left = self.tokenizer.padding_side == "left"
+        chunks = []
+        for start in range(0, len(order), size):
+            members = order[start:start + size]
+            longest = max(len(ids[i]) for i in members)
+            input_ids = np.full((len(members), longest), pad_id, dtype=np.int64)
+            mask = np.zeros((len(members), longest), dtype=np.int64)
+            for row, i in enumerate(members):
+                n = len(ids[i])
+                where = slice(longest - n, longest) if left else slice(0, n)
+                input_ids[row, where] = ids[i]
+                mask[row, where] = 1
+            chunks.append((np.asarray(members), {"input_ids": torch.from_numpy(input_ids),
+                                                 "attention_mask": torch.from_numpy(mask)}))
+        return chunks
+
+    def _text_logits(self, texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), len(self.label_names)), dtype=np.float32)
+        for rows, inputs in self.tokenize(texts):
+            out[rows] = self.forward(**inputs)
+        return out
+
+    def forward(self, **inputs: torch.Tensor) -> np.ndarray:
+        """The model on tensors already batched (`tokenize`'s chunks, stacked pixels):
+        moved to the model's device and float dtype, float32 logits back on the CPU."""
+        moved = {
+            key: value.to(self.device, dtype=self.dtype if value.is_floating_point() else None, non_blocking=True)
+            for key, value in inputs.items()
+        }
+        return self.model(**moved).float().cpu().numpy()
 
     def answer(self, logits: np.ndarray, policy: Policy, top_k: int) -> list[Prediction]:
         probabilities = policy.calibrated(logits)

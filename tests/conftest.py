@@ -29,9 +29,13 @@ def ray_local():
     # Ray Train hands the driver's DataContext to its workers: switch bars off here too.
     ray.data.DataContext.get_current().enable_progress_bars = False
     from ray_app.pipeline import start_local_ray
+    from ray_app.serving import serve_environment
 
     # 4 logical CPUs on a 2-core machine: room for two train workers plus Ray Data.
-    context = start_local_ray(num_cpus=4)
+    # Serve's environment as `ray-app serve` sets it (HAProxy ingress), so the Serve
+    # tests run the configuration users get.
+    with serve_environment():
+        context = start_local_ray(num_cpus=4)
     yield context
     ray.shutdown()
 

@@ -22,8 +22,12 @@ from serve.bundle import load_bundle
 from serve.config import ServeConfig
 from serve.predictor import BundlePredictor, PredictInput, PredictRequest
 
+# One replica (the batching counters in /metadata are per replica) of one reserved CPU
+# (the session's Ray is shared with training tests), with two torch threads set
+# explicitly so the test sees the setting reach the replica.
 LIMITS = {"max_inputs_per_request": 8, "max_body_bytes": 64 * 1024, "top_k": 2,
-          "max_batch_size": 8, "max_ongoing_requests": 32, "batch_wait_timeout_s": 0.05}
+          "max_batch_size": 8, "max_ongoing_requests": 32, "batch_wait_timeout_s": 0.05,
+          "num_replicas": 1, "num_cpus_per_replica": 1, "torch_threads": 2}
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +110,34 @@ def test_inputs_from_concurrent_callers_share_forward_passes(endpoint: str, val_
     assert 1 < after["largest_batch"] <= LIMITS["max_batch_size"]
 
 
+def test_multi_input_requests_from_concurrent_callers_keep_their_order(endpoint: str, smoke_bundle: Path,
+                                                                       val_test_images) -> None:
+    """Inputs of many requests are mixed into shared batches; every answer must still
+    come back to its request, in the request's order."""
+    images, _ = val_test_images
+    bundle = load_bundle(smoke_bundle)
+    local = BundlePredictor(bundle, max_image_pixels=10**6)
+    logits = local.logits(local.prepare(PredictRequest(inputs=[PredictInput(image=b64(c)) for c in images]), 8))
+    expected = local.answer(logits, bundle.policy, top_k=1)
+    assert len({round(a.confidence, 4) for a in expected}) == len(images)  # each image recognisable by its answer
+    orders = [[int(i) for i in np.random.default_rng(seed).permutation(len(images))] for seed in range(16)]
+    before = requests.get(f"{endpoint}/metadata", timeout=10).json()["replica"]
+
+    def ask(order: list[int]) -> list[dict[str, Any]]:
+        payload = {"inputs": [{"image": b64(images[i])} for i in order], "top_k": 1}
+        response = requests.post(f"{endpoint}/predict", json=payload, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()["predictions"]
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, orders))
+    after = requests.get(f"{endpoint}/metadata", timeout=10).json()["replica"]
+    assert after["forward_passes"] - before["forward_passes"] < len(orders), "no two requests shared a forward pass"
+    for order, predictions in zip(orders, answers, strict=True):
+        assert [p["label_id"] for p in predictions] == [expected[i].label_id for i in order]
+        assert [p["confidence"] for p in predictions] == pytest.approx([expected[i].confidence for i in order], abs=1e-5)
+
+
 def test_healthz_metadata_and_openapi(endpoint: str, smoke_bundle: Path) -> None:
     bundle = load_bundle(smoke_bundle)
     health = requests.get(f"{endpoint}/healthz", timeout=10)
@@ -117,6 +149,8 @@ def test_healthz_metadata_and_openapi(endpoint: str, smoke_bundle: Path) -> None
     assert meta["policy"] == bundle.policy.model_dump()
     assert meta["limits"]["max_inputs_per_request"] == 8 and meta["batching"]["max_batch_size"] == 8
     assert meta["splits_fingerprint"] == bundle.manifest["splits_fingerprint"] and not meta["token_required"]
+    assert meta["replica"]["torch_threads"] == 2  # the setting reached the replica's torch
+    assert meta["replica"]["device"] == "cpu" and meta["replica"]["precision"] == "fp32"
     schema = requests.get(f"{endpoint}/openapi.json", timeout=10).json()
     assert {"/predict", "/healthz", "/metadata"} <= set(schema["paths"])
     request_schema = schema["components"]["schemas"]["PredictRequest"]
@@ -149,7 +183,7 @@ def test_reconfigure_changes_decisions_without_a_restart(endpoint: str, deploy_a
 
 def test_a_token_is_required_when_configured(endpoint: str, deploy_apps, serve_port: int, val_test_images) -> None:
     images, _ = val_test_images
-    deploy_apps(smoke=LIMITS, secure={"token": "s3cret-token"})
+    deploy_apps(smoke=LIMITS, secure={"token": "s3cret-token", "num_replicas": 1})
     url = f"http://127.0.0.1:{serve_port}/secure"
     payload = {"inputs": [{"image": b64(images[0])}]}
     try:
@@ -166,6 +200,15 @@ def test_a_token_is_required_when_configured(endpoint: str, deploy_apps, serve_p
         deploy_apps(smoke=LIMITS)
     assert requests.get(f"{url}/healthz", timeout=10).status_code == 404  # the secure app is gone
     assert requests.get(f"{endpoint}/healthz", timeout=10).status_code == 200
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+TRUNCATED_PNG = _png(np.arange(64, dtype=np.uint8).reshape(8, 8))[:50]
 
 
 def _pixels(shape: tuple[int, ...], fill: float = 128.0) -> list[Any]:
@@ -200,6 +243,10 @@ BAD_REQUESTS: dict[str, tuple[bytes, int, str, str]] = {
                             "expected 0..255"),
     "text_for_an_image_model": (b'{"inputs": [{"text": "a seven"}]}', 422, "invalid input",
                                 "this model classifies images"),
+    # a PNG whose header is intact but whose pixel data is cut off: it passes the check
+    # made with the request and fails when its batch is decoded
+    "truncated_image": (json.dumps({"inputs": [{"image": b64(TRUNCATED_PNG)}]}).encode(), 422, "invalid input",
+                        "inputs[0].image could not be decoded"),
     "oversize_body": (json.dumps({"inputs": [{"image": "A" * 70_000}]}).encode(), 413, "request too large",
                       "over the limit of 65536 bytes"),
 }

@@ -3,10 +3,12 @@ request handling of BundlePredictor without a server (text model included)."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from pydantic import ValidationError
 from ray.serve.schema import ServeDeploySchema
@@ -62,24 +64,36 @@ def test_the_serve_preset_is_a_valid_serve_config_for_the_builder() -> None:
     ServeConfig.model_validate(app["args"] | app["deployments"][0]["user_config"])
 
 
-@pytest.fixture
-def text_predictor(tmp_path: Path) -> BundlePredictor:
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "plot", "long", "very", "and"]
+
+
+def text_bundle(tmp_path: Path, pooling: str = "mean", max_length: int = 8) -> Path:
     from transformers import BertTokenizer
 
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film"]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (tmp_path / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
     BertTokenizer(vocab=str(tmp_path / "vocab.txt")).save_pretrained(tmp_path / "tok")
-    cfg = model_cfg(backbone={**TINY_BERT, "vocab_size": len(vocab)}, pooling="mean")
+    cfg = model_cfg(backbone={**TINY_BERT, "vocab_size": len(VOCAB)}, pooling=pooling)
+    torch.manual_seed(0)
     save_classifier(build_classifier(cfg, 2).eval(), cfg, ["neg", "pos"], tmp_path / "model",
-                    extra={"preprocessing": TextSpec(str(tmp_path / "tok"), 8).to_dict()})
+                    extra={"preprocessing": TextSpec(str(tmp_path / "tok"), max_length).to_dict()})
     policy = Policy(rule="threshold", threshold=0.5)
-    return BundlePredictor(load_bundle(export_bundle(tmp_path / "model", policy, tmp_path / "bundle", {"run": "t"})), 10**6)
+    return export_bundle(tmp_path / "model", policy, tmp_path / "bundle", {"run": "t"})
+
+
+@pytest.fixture
+def text_predictor(tmp_path: Path) -> BundlePredictor:
+    return BundlePredictor(load_bundle(text_bundle(tmp_path)), 10**6)
 
 
 def test_text_model_answers_texts_and_refuses_images(text_predictor: BundlePredictor) -> None:
     request = PredictRequest(inputs=[PredictInput(text="good film"), PredictInput(text="bad film bad")])
     prepared = text_predictor.prepare(request, 8)
-    assert [x["input_ids"].tolist() for x in prepared] == [[2, 5, 7, 3, 0, 0, 0, 0], [2, 6, 7, 6, 3, 0, 0, 0]]
+    assert prepared == ["good film", "bad film bad"]  # tokenized with its batch, not per request
+    # one forward pass, padded to the batch's longest text (5 tokens), not to max_length (8)
+    [(rows, inputs)] = text_predictor.tokenize(prepared)
+    assert rows.tolist() == [0, 1]
+    assert inputs["input_ids"].tolist() == [[2, 5, 7, 3, 0], [2, 6, 7, 6, 3]]
+    assert inputs["attention_mask"].tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
     logits = text_predictor.logits(prepared)
     assert logits.shape == (2, 2)
     answers = text_predictor.answer(logits, text_predictor.bundle.policy, top_k=5)
@@ -91,6 +105,104 @@ def test_text_model_answers_texts_and_refuses_images(text_predictor: BundlePredi
     assert text_predictor.input_description() == {"kind": "text", "accepts": ["text"], "max_length": 8}
     with pytest.raises(InputError, match=r"inputs\[1\] is pixels, but this model classifies text"):
         text_predictor.prepare(PredictRequest(inputs=[PredictInput(text="good"), PredictInput(pixels=[[0.0]])]), 8)
+
+
+TEXTS = ["good", "bad film", "very very long plot and bad film and good", "film", "good plot and film",
+         "bad bad bad", "long film", "very good and very bad plot", "plot", "good and bad", "film film film film",
+         "very long", "bad", "good film plot", "and", "very " * 11 + "very"]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_dynamic_padding_and_length_chunks_give_the_max_length_logits(tmp_path: Path, pooling: str) -> None:
+    """Padding to each chunk's longest text, in length-sorted chunks, is an optimisation
+    only: the logits equal those of every text padded to max_length, in input order."""
+    bundle = load_bundle(text_bundle(tmp_path, pooling=pooling, max_length=12))
+    predictor = BundlePredictor(bundle, 10**6, text_chunk_size=3)
+    encoded = predictor.tokenizer(TEXTS, padding="max_length", truncation=True, max_length=12, return_tensors="pt")
+    with torch.inference_mode():
+        reference = bundle.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).numpy()
+    chunks = predictor.tokenize(TEXTS)
+    assert [len(rows) for rows, _ in chunks] == [3, 3, 3, 3, 3, 1]
+    assert max(inputs["input_ids"].shape[1] for _, inputs in chunks) == 12  # the longest is truncated
+    assert min(inputs["input_ids"].shape[1] for _, inputs in chunks) == 3  # [CLS] word [SEP]
+    np.testing.assert_allclose(predictor.logits(TEXTS), reference, rtol=0, atol=1e-5)
+    whole_batch = BundlePredictor(bundle, 10**6, text_chunk_size=None)
+    np.testing.assert_allclose(whole_batch.logits(TEXTS), reference, rtol=0, atol=1e-5)
+    # and each text alone (a batch of one, no padding at all) gives its own row
+    np.testing.assert_allclose(np.concatenate([predictor.logits([t]) for t in TEXTS]), reference, rtol=0, atol=1e-5)
+
+
+def test_precision_option(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="precision fp16 needs a GPU"):
+        ServeConfig(bundle="b", precision="fp16")
+    assert ServeConfig(bundle="b", precision="fp16", num_gpus_per_replica=1).precision == "fp16"
+    with pytest.raises(ValidationError, match="precision"):
+        ServeConfig(bundle="b", precision="fp8")
+    bundle = load_bundle(text_bundle(tmp_path))
+    reference = BundlePredictor(bundle, 10**6).logits(TEXTS)
+    half = BundlePredictor(load_bundle(text_bundle(tmp_path)), 10**6, dtype="bf16")
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    logits = half.logits(TEXTS)
+    assert logits.dtype == np.float32  # answers are computed in float32 whatever the forward's precision
+    np.testing.assert_allclose(logits, reference, atol=0.1)
+
+
+def test_replicas_and_threads_follow_the_reserved_resources() -> None:
+    assert ServeConfig(bundle="b").resolved_num_replicas({"CPU": 2.0}) == 2
+    assert ServeConfig(bundle="b", num_cpus_per_replica=2).resolved_num_replicas({"CPU": 5.0}) == 2
+    assert ServeConfig(bundle="b", num_cpus_per_replica=4).resolved_num_replicas({"CPU": 2.0}) == 1
+    assert ServeConfig(bundle="b", num_replicas=3).resolved_num_replicas({"CPU": 64.0}) == 3
+    assert ServeConfig(bundle="b", num_gpus_per_replica=0.5).resolved_num_replicas({"CPU": 64.0, "GPU": 2.0}) == 4
+    assert ServeConfig(bundle="b", num_gpus_per_replica=1).resolved_num_replicas({"CPU": 64.0}) == 1
+    assert ServeConfig(bundle="b").resolved_torch_threads() == 1
+    assert ServeConfig(bundle="b", num_cpus_per_replica=2.5).resolved_torch_threads() == 2
+    assert ServeConfig(bundle="b", num_cpus_per_replica=0.5).resolved_torch_threads() == 1
+    assert ServeConfig(bundle="b", num_cpus_per_replica=4, torch_threads=2).resolved_torch_threads() == 2
+    assert ServeConfig(bundle="b").resolved_text_chunk_size(on_gpu=False) == 8
+    assert ServeConfig(bundle="b").resolved_text_chunk_size(on_gpu=True) is None
+    assert ServeConfig(bundle="b", text_chunk_size=4).resolved_text_chunk_size(on_gpu=True) == 4
+
+
+def test_serve_environment_is_set_while_ray_starts_then_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from ray_app.serving import HAPROXY_PORT_VARIABLES, SERVE_ENVIRONMENT, serve_environment
+
+    for name in [*SERVE_ENVIRONMENT, *HAPROXY_PORT_VARIABLES]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")  # a user's choice wins
+    with serve_environment() as applied:
+        assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1" == applied["RAY_SERVE_ENABLE_HA_PROXY"]
+        assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"
+        ports = [int(os.environ[name]) for name in HAPROXY_PORT_VARIABLES]
+        assert len(set(ports)) == 2 and 8404 not in ports and 9101 not in ports
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ
+    assert not any(name in os.environ for name in HAPROXY_PORT_VARIABLES)
+    assert os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"
+
+
+def test_an_image_that_does_not_decode_fails_alone(tmp_path: Path) -> None:
+    """The header is checked with the request, the pixels decoded with the batch: a
+    truncated file gets its own InputError, the other inputs of the batch their logits."""
+    from tests.unit.test_model import TINY_VIT, png
+    from trainers.preprocess import ImageSpec
+
+    cfg = model_cfg(backbone=TINY_VIT)
+    save_classifier(build_classifier(cfg, 3).eval(), cfg, ["a", "b", "c"], tmp_path / "model",
+                    extra={"preprocessing": ImageSpec(8, 1, (0.5,), (0.5,)).to_dict()})
+    bundle = export_bundle(tmp_path / "model", Policy(rule="threshold", threshold=0.5), tmp_path / "bundle", {"run": "i"})
+    predictor = BundlePredictor(load_bundle(bundle), 10**6)
+    good = png(np.arange(64, dtype=np.uint8).reshape(8, 8))
+    cut = good[:50]  # the header and part of the pixel data
+    request = PredictRequest(inputs=[PredictInput(image=base64.b64encode(c).decode()) for c in (good, cut, good)])
+    prepared = predictor.prepare(request, 8)  # the header of the cut file is intact
+    results = predictor.logits_or_errors(prepared)
+    assert isinstance(results[1], InputError) and "inputs[1].image could not be decoded" in str(results[1])
+    np.testing.assert_allclose(results[0], results[2], rtol=0, atol=1e-5)
+    alone = predictor.logits(predictor.prepare(PredictRequest(inputs=request.inputs[:1]), 8))[0]
+    np.testing.assert_allclose(results[0], alone, rtol=0, atol=1e-5)
+    with pytest.raises(InputError, match=r"inputs\[1\]\.image could not be decoded"):
+        predictor.logits(prepared)
 
 
 def test_each_input_needs_exactly_one_kind() -> None:
