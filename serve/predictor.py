@@ -254,7 +254,8 @@ class BundlePredictor:
 
     def tokenize(self, texts: list[str]) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         """The forward passes for `texts`: sorted by token count, cut into chunks of
-        `text_chunk_size`, each padded to its own longest text. Each chunk comes with the
+        `text_chunk_size`, each padded to its own longest text (to max_length for a
+        left-padding tokenizer). Each chunk comes with the
         positions of its texts in `texts`, so the logits go back in input order."""
         ids: list[list[int]] = self.tokenizer(
             texts, truncation=True, max_length=self.text_spec.max_length, padding=False
@@ -266,7 +267,10 @@ class BundlePredictor:
         chunks = []
         for start in range(0, len(order), size):
             members = order[start:start + size]
-            longest = max(len(ids[i]) for i in members)
+            # Left padding moves a text's tokens to later positions the more it is
+            # padded, and models with absolute position embeddings see that: such
+            # tokenizers keep training's max_length padding so the logits stay the same.
+            longest = self.text_spec.max_length if left else max(len(ids[i]) for i in members)
             input_ids = np.full((len(members), longest), pad_id, dtype=np.int64)
             mask = np.zeros((len(members), longest), dtype=np.int64)
             for row, i in enumerate(members):

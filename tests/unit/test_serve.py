@@ -132,6 +132,40 @@ def test_dynamic_padding_and_length_chunks_give_the_max_length_logits(tmp_path: 
     np.testing.assert_allclose(np.concatenate([predictor.logits([t]) for t in TEXTS]), reference, rtol=0, atol=1e-5)
 
 
+def test_chunks_hold_texts_of_similar_length_each_padded_to_its_longest(tmp_path: Path) -> None:
+    """What makes dynamic padding pay: a batch is sorted by token count before it is cut,
+    so a short text never shares a pass with a long one, and no pass is wider than its
+    longest text."""
+    predictor = BundlePredictor(load_bundle(text_bundle(tmp_path, max_length=12)), 10**6, text_chunk_size=4)
+    counts = [len(ids) for ids in predictor.tokenizer(TEXTS, truncation=True, max_length=12)["input_ids"]]
+    chunks = predictor.tokenize(TEXTS)
+    assert sorted(np.concatenate([rows for rows, _ in chunks]).tolist()) == list(range(len(TEXTS)))
+    widths = []
+    for rows, inputs in chunks:
+        members = [counts[i] for i in rows]
+        assert inputs["input_ids"].shape == (len(rows), max(members))
+        assert inputs["attention_mask"].sum(dim=1).tolist() == members
+        widths.append((min(members), max(members)))
+    # every text of a chunk is at most as long as every text of the next one
+    assert all(longest <= next_shortest for (_, longest), (next_shortest, _) in zip(widths, widths[1:]))
+    assert widths[0][1] < widths[-1][0]  # the short texts' pass is narrower than the long ones'
+    padded = sum(inputs["input_ids"].numel() for _, inputs in chunks)
+    assert padded < 0.7 * len(TEXTS) * 12  # far fewer token slots than max_length padding
+
+
+def test_a_left_padding_tokenizer_keeps_max_length_padding(tmp_path: Path) -> None:
+    """Left padding shifts a text's positions by its padding, which BERT's absolute
+    position embeddings see: dynamic padding would change the logits, so it is not used."""
+    bundle = load_bundle(text_bundle(tmp_path, max_length=12))
+    predictor = BundlePredictor(bundle, 10**6, text_chunk_size=3)
+    predictor.tokenizer.padding_side = "left"
+    encoded = predictor.tokenizer(TEXTS, padding="max_length", truncation=True, max_length=12, return_tensors="pt")
+    with torch.inference_mode():
+        reference = bundle.model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).numpy()
+    assert {inputs["input_ids"].shape[1] for _, inputs in predictor.tokenize(TEXTS)} == {12}
+    np.testing.assert_allclose(predictor.logits(TEXTS), reference, rtol=0, atol=1e-5)
+
+
 def test_precision_option(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="precision fp16 needs a GPU"):
         ServeConfig(bundle="b", precision="fp16")
