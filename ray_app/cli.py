@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ray_app.errors import UserError
 
-if TYPE_CHECKING:  # the CLI imports the heavy modules lazily, so --help stays fast
+if TYPE_CHECKING:  # the CLI imports the heavy modules lazily: --help and config errors stay fast
     from ray_app.config import AppConfig
+    from ray_app.console import Console
     from ray_app.runs import Run
 
 
@@ -40,56 +42,79 @@ def _override_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _verbose_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="show everything on the console too (Ray's own output, worker logs); by default it goes "
+        "to the run's log only (runs/<name>/logs/run.log, see `ray-app logs`)",
+    )
+
+
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML config (see configs/)")
     _override_argument(parser)
+    _verbose_argument(parser)
 
 
 def _load(args: argparse.Namespace) -> tuple[AppConfig, Run]:
-    from ray_app.config import load_config
+    """The config and its run, and every local path it names checked: no Ray, torch or
+    transformers is imported before this answers, so mistakes are reported at once."""
+    from ray_app.config import check_paths_exist, load_config
     from ray_app.runs import Run
 
     cfg = load_config(args.config, args.override)
+    check_paths_exist(cfg)
     return cfg, Run.for_config(cfg)
 
 
-def _print_splits(run: Run) -> None:
+@contextmanager
+def _console_for(run: Run, args: argparse.Namespace) -> Iterator[Console]:
+    """The command's console, its whole output kept in the run's log. The log starts
+    once the run directory exists, so a config or data error leaves nothing behind."""
+    from ray_app.console import open_console
+    from ray_app.runlog import log_path
+
+    with open_console(log_path(run.root), verbose=args.verbose, ready=run.exists, argv=args.argv) as console:
+        yield console
+
+
+def _print_splits(run: Run, out: Callable[[str], None] = print) -> None:
     summary = json.loads((run.splits_dir / "splits.json").read_text())
-    print(f"splits of {summary['num_rows_used']} rows ({len(summary['label_names'])} classes, seed {summary['seed']}):")
+    out(f"splits of {summary['num_rows_used']} rows ({len(summary['label_names'])} classes, seed {summary['seed']}):")
     for split, info in summary["splits"].items():
         counts = info["class_counts"].values()
-        print(f"  {split:<11} {info['count']:>7}  per class {min(counts)}..{max(counts)}")
+        out(f"  {split:<11} {info['count']:>7}  per class {min(counts)}..{max(counts)}")
     dup = summary["duplicates"]
     if dup["duplicate_groups"]:
-        print(
+        out(
             f"  duplicates: {dup['duplicate_rows']} rows in {dup['duplicate_groups']} groups, "
             f"kept within one split ({dup['conflicting_label_groups']} with conflicting labels)"
         )
-    print(f"  -> {run.splits_dir / 'splits.json'}")
+    out(f"  -> {run.splits_dir / 'splits.json'}")
 
 
 def _preflight(cfg: AppConfig) -> None:
-    """Problems that need no Ray (missing data path, backbone that cannot load) stop
-    before Ray starts; then Ray is started or joined."""
+    """Problems that need no Ray (a backbone or tokenizer that cannot load, a bad PEFT
+    plan or init_from) stop before Ray starts; then Ray is started or joined."""
     from ray_app.pipeline import check_training_setup, init_ray, resolve_input_spec
-    from ray_app.sources import check_source_exists
 
-    check_source_exists(cfg.data.source)
     resolve_input_spec(cfg)
     check_training_setup(cfg)
     init_ray(cfg)
 
 
 def cmd_splits(args: argparse.Namespace) -> int:
-    from ray_app.pipeline import ensure_splits, init_ray
-    from ray_app.sources import check_source_exists
-
     cfg, run = _load(args)
-    check_source_exists(cfg.data.source)
-    init_ray(cfg)
-    ensure_splits(cfg, run, force=args.force)
-    print(f"run {run.name}")
-    _print_splits(run)
+    with _console_for(run, args) as console:
+        from ray_app.pipeline import ensure_splits, init_ray
+
+        init_ray(cfg)
+        with console.stage(1, 1, "splits", run):
+            ensure_splits(cfg, run, force=args.force)
+        console.print(f"run {run.name}")
+        _print_splits(run, console.print)
     return 0
 
 
@@ -99,21 +124,24 @@ def _add_splits_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ray_app.pipeline import ensure_splits, run_training
-
     cfg, run = _load(args)
-    _preflight(cfg)
-    reader = ensure_splits(cfg, run)
-    print(f"run {run.name}: training {cfg.training.mode} for up to {cfg.training.epochs} epochs "
-          f"on {cfg.scaling.num_workers} worker(s)")
-    info = run_training(cfg, run, reader)
-    best = ", ".join(f"{k}={v:.4f}" for k, v in info["best"].items())
-    print(f"done in {info['seconds']:.1f}s: {info['epochs_run']} epoch(s), best epoch {info['best_epoch']} ({best})")
-    if info.get("resumed_at"):
-        print(f"  resumed after worker failure at epoch(s) {info['resumed_at']}")
-    print(f"  metrics:     {run.train_dir / 'metrics.csv'}")
-    print(f"  model:       {run.train_dir / 'model'}")
-    print(f"  predictions: {run.train_dir / 'predictions'} (val_calib, val_test logits)")
+    with _console_for(run, args) as console:
+        from ray_app.pipeline import ensure_splits, run_training, training_heading
+
+        _preflight(cfg)
+        console.print(f"run {run.name} ({run.root})")
+        with console.stage(1, 2, "splits", run):
+            reader = ensure_splits(cfg, run)
+        with console.stage(2, 2, "train", run, training_heading(cfg)):
+            info = run_training(cfg, run, reader)
+        best = ", ".join(f"{k}={v:.4f}" for k, v in info["best"].items())
+        console.print(f"done in {info['seconds']:.1f}s: {info['epochs_run']} epoch(s), "
+                      f"best epoch {info['best_epoch'] + 1} ({best})")
+        if info.get("resumed_at"):
+            console.print(f"  resumed after worker failure at epoch(s) {info['resumed_at']}")
+        console.print(f"  metrics:     {run.train_dir / 'metrics.csv'}")
+        console.print(f"  model:       {run.train_dir / 'model'}")
+        console.print(f"  predictions: {run.train_dir / 'predictions'} (val_calib, val_test logits)")
     return 0
 
 
@@ -121,6 +149,7 @@ def _target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", help="a run name or directory, or the YAML config that made the run")
     _override_argument(parser)
     parser.add_argument("--root", default="./runs", help="runs root to search for a run name (default ./runs)")
+    _verbose_argument(parser)
 
 
 def _load_target(args: argparse.Namespace) -> tuple[AppConfig, Run]:
@@ -138,45 +167,50 @@ def _load_target(args: argparse.Namespace) -> tuple[AppConfig, Run]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ray_app.pipeline import run_calibration
-
     cfg, run = _load_target(args)
-    info = run_calibration(cfg, run)
-    results = run.root / "calibration"
-    print(f"run {run.name}: calibrated on val_calib in {info['seconds']:.1f}s")
-    print(f"  temperature {info['temperature']:.4f}: ECE {info['ece_before']:.4f} -> {info['ece_after']:.4f}")
-    print(f"  policy:  {info['policy']} ({results / 'policy.json'})")
-    print(f"  report:  {results / 'report.md'}")
+    with _console_for(run, args) as console:
+        from ray_app.pipeline import run_calibration
+
+        with console.stage(1, 1, "calibrate", run):
+            info = run_calibration(cfg, run)
+        results = run.root / "calibration"
+        console.print(f"run {run.name}: calibrated on val_calib in {info['seconds']:.1f}s")
+        console.print(f"  temperature {info['temperature']:.4f}: ECE {info['ece_before']:.4f} -> {info['ece_after']:.4f}")
+        console.print(f"  policy:  {info['policy']} ({results / 'policy.json'})")
+        console.print(f"  report:  {results / 'report.md'}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ray_app.pipeline import run_evaluation
-
     cfg, run = _load_target(args)
-    metrics = run_evaluation(cfg, run)
-    policy = metrics["policy"]
-    accepted = "-" if policy["accepted_accuracy"] is None else f"{policy['accepted_accuracy']:.4f}"
-    print(f"run {run.name}: val_test ({metrics['n']} samples)")
-    print(f"  accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
-          f"NLL {metrics['calibrated']['nll']:.4f}  ECE {metrics['uncalibrated']['ece']:.4f} -> {metrics['calibrated']['ece']:.4f}")
-    print(f"  policy {policy['rule']}: coverage {policy['coverage']:.3f}, accepted accuracy {accepted}, "
-          f"assist {policy['assist_rate']:.3f}, abstain {policy['abstain_rate']:.3f}")
-    print(f"  -> {run.root / 'eval' / 'metrics.json'}")
+    with _console_for(run, args) as console:
+        from ray_app.pipeline import run_evaluation
+
+        metrics = run_evaluation(cfg, run)
+        policy = metrics["policy"]
+        accepted = "-" if policy["accepted_accuracy"] is None else f"{policy['accepted_accuracy']:.4f}"
+        console.print(f"run {run.name}: val_test ({metrics['n']} samples)")
+        console.print(f"  accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+                      f"NLL {metrics['calibrated']['nll']:.4f}  "
+                      f"ECE {metrics['uncalibrated']['ece']:.4f} -> {metrics['calibrated']['ece']:.4f}")
+        console.print(f"  policy {policy['rule']}: coverage {policy['coverage']:.3f}, accepted accuracy {accepted}, "
+                      f"assist {policy['assist_rate']:.3f}, abstain {policy['abstain_rate']:.3f}")
+        console.print(f"  -> {run.root / 'eval' / 'metrics.json'}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ray_app.pipeline import run_export
-
     cfg, run = _load_target(args)
-    info = run_export(cfg, run)
-    print(f"run {run.name}: bundle {info['bundle']} ({info['files']} files, verified)")
-    print(f"  model version {info['model_version']}")
+    with _console_for(run, args) as console:
+        from ray_app.pipeline import run_export
+
+        info = run_export(cfg, run)
+        console.print(f"run {run.name}: bundle {info['bundle']} ({info['files']} files, verified)")
+        console.print(f"  model version {info['model_version']}")
     return 0
 
 
-def _print_summary(run: Run) -> None:
+def _print_summary(run: Run, out: Callable[[str], None]) -> None:
     metrics = json.loads((run.root / "eval" / "metrics.json").read_text())
     export = run.stage_info("export")
     policy = metrics["policy"]
@@ -189,19 +223,23 @@ def _print_summary(run: Run) -> None:
         ("bundle", f"{export['bundle']} (verified; {export['model_version']})"),
         ("serve it", f"ray-app serve {export['bundle']}"),
     ]
-    print(f"\nrun {run.name}")
+    out("")
+    out(f"run {run.name}")
     for label, value in rows:
-        print(f"  {label:<22} {value}")
+        out(f"  {label:<22} {value}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ray_app.pipeline import run_pipeline
+    from ray_app.runlog import log_path
 
     cfg, run = _load(args)
-    _preflight(cfg)
-    print(f"run {run.name} ({run.root})", flush=True)
-    run_pipeline(cfg, run, echo=lambda line: print(line, flush=True))
-    _print_summary(run)
+    with _console_for(run, args) as console:
+        from ray_app.pipeline import run_pipeline
+
+        _preflight(cfg)
+        console.print(f"run {run.name} ({run.root}) · log {log_path(run.root)}")
+        run_pipeline(cfg, run, console)
+        _print_summary(run, console.print)
     return 0
 
 
@@ -218,9 +256,7 @@ def _sweep_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import re
 
-    import yaml
-
-    from ray_app.sweep import load_sweep, run_sweep
+    from ray_app.sweep import load_sweep, run_sweep, sweep_directory
 
     cfg, _ = _load(args)
     base_raw = cfg.resolved_dict()
@@ -228,17 +264,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     name = args.name or Path(args.space).stem
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise UserError(f"--name '{name}': use letters, digits, '.', '_' and '-' only (it names a directory)")
-    _preflight(cfg)
     command = " ".join(
         ["ray-app sweep", args.config, "--space", args.space, *(f"-o {o}" for o in args.override)]
         + ([f"--name {args.name}"] if args.name else [])
     )
-    outcome = run_sweep(cfg, base_raw, sweep, name, command, echo=lambda line: print(line, flush=True))
-    print(f"\nsweep {name}: {len(outcome.rows)} trial(s), best first ({outcome.directory / 'results.md'})")
-    print(outcome.table)
-    print(f"\nbest config ({outcome.best_config}):")
-    print(outcome.best_config.read_text(), end="")
-    print(f"\nnext: ray-app run {outcome.best_config}   (calibrates and exports run {outcome.best.run})")
+    from ray_app.console import open_console
+    from ray_app.runlog import LOG_DIR
+
+    directory = sweep_directory(cfg, name)
+    with open_console(directory / LOG_DIR / "sweep.log", verbose=args.verbose, ready=directory.is_dir,
+                      argv=args.argv) as console:
+        _preflight(cfg)
+        outcome = run_sweep(cfg, base_raw, sweep, name, command, echo=console.print)
+        console.print(f"\nsweep {name}: {len(outcome.rows)} trial(s), best first ({outcome.directory / 'results.md'})")
+        console.print(outcome.table)
+        console.print(f"\nbest config ({outcome.best_config}):")
+        console.print(outcome.best_config.read_text().rstrip("\n"))
+        console.print(f"\nnext: ray-app run {outcome.best_config}   (calibrates and exports run {outcome.best.run})")
     return 0
 
 
@@ -284,6 +326,7 @@ def _runs_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from ray_app.runlog import log_path
     from ray_app.runs import find_runs, resolve_run
 
     root = Path(args.root)
@@ -312,6 +355,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for stage, info in meta.get("stages", {}).items():
         extra = f", error: {info['error']}" if info.get("error") else ""
         print(f"  {stage:<8} {info.get('status')} ({info.get('seconds', '-')}s){extra}")
+    log = log_path(run.root)
+    if log.is_file():
+        print(f"  logs     {log} ({log.stat().st_size:,} bytes): ray-app logs {run.name} --root {root} --tail 50")
+    else:
+        print(f"  logs     none yet ({log})")
     if (run.splits_dir / "splits.json").is_file():
         _print_splits(run)
     metrics = run.train_dir / "metrics.jsonl"
@@ -323,6 +371,50 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 f"  {row['epoch']:>5}  {row['train/loss']:>10.4f}  {row['val_select/loss']:>15.4f}"
                 f"  {row['val_select/accuracy']:>8.4f}  {row['val_select/macro_f1']:>8.4f}"
             )
+    return 0
+
+
+def _logs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run name or directory")
+    parser.add_argument("--root", default="./runs", help="runs root to search for a run name (default ./runs)")
+    parser.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    parser.add_argument(
+        "-f", "--follow", action="store_true",
+        help="keep printing new lines as the run writes them, until its command ends (or Ctrl-C)",
+    )
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    import time
+
+    from ray_app.runlog import MAX_TAIL_LINES, is_end_line, log_path, read_from, tail_lines
+    from ray_app.runs import resolve_run
+
+    if args.tail is not None and not 0 < args.tail <= MAX_TAIL_LINES:
+        raise UserError(f"--tail {args.tail}: give a number of lines from 1 to {MAX_TAIL_LINES}")
+    run = resolve_run(args.run, Path(args.root))
+    path = log_path(run.root)
+    if not path.is_file():
+        raise UserError(f"run '{run.name}' has no log yet ({path}); it is written by ray-app run / train / "
+                        "calibrate / evaluate / export on this run")
+    if args.tail is not None:
+        lines = tail_lines(path, args.tail)
+        offset = path.stat().st_size
+    else:
+        lines, offset = read_from(path, 0)
+    for line in lines:
+        print(line)
+    if not args.follow:
+        return 0
+    # Follow until the command that is writing ends (its `==== end` line), as
+    # `ray job logs --follow` does for a job.
+    ended = bool(lines) and is_end_line(lines[-1])
+    while not ended:
+        time.sleep(0.5)
+        new, offset = read_from(path, offset)
+        for line in new:
+            print(line, flush=True)
+            ended = is_end_line(line)
     return 0
 
 
@@ -375,6 +467,12 @@ COMMANDS: dict[str, Command] = {
         add_arguments=_serve_arguments,
         handler=cmd_serve,
     ),
+    "logs": Command(
+        help="print a run's log: the whole output of every stage, driver and workers, kept across reruns",
+        example="ray-app logs smoke_vit_baseline_s0 --tail 50  |  ray-app logs <run-name> --follow",
+        add_arguments=_logs_arguments,
+        handler=cmd_logs,
+    ),
     "runs": Command(
         help="list runs or show one (found by scanning the runs root)",
         example="ray-app runs list  |  ray-app runs show <run-name>",
@@ -404,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command as given, for the head of the run's log
     try:
         return COMMANDS[args.command].handler(args)
     except UserError as exc:

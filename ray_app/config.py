@@ -18,8 +18,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from calibration.config import CalibrationConfig
-from ray_app.errors import ConfigError
-from trainers.config import ModelConfig, ScalingConfig, StrictModel, TrainingConfig
+from ray_app.errors import ConfigError, DataError, UserError
+from trainers.config import BackboneConfig, ModelConfig, ScalingConfig, StrictModel, TrainingConfig
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -64,6 +64,20 @@ class SourceConfig(StrictModel):
         if self.kind in IMAGE_SOURCES or (self.kind == "parquet" and self.image_column):
             return "image"
         return "text"
+
+
+def is_local_path(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def check_local_path(path: str, what: str) -> None:
+    """A local data path that is not there, as a DataError naming it (URIs are left to
+    the reader)."""
+    if is_local_path(path) and not Path(path.removeprefix("file://")).exists():
+        raise DataError(
+            f"data.source.path '{path}' does not exist ({what}); check the path, "
+            "relative paths are resolved from the current directory"
+        )
 
 
 class SplitRatios(StrictModel):
@@ -215,8 +229,22 @@ def _placeholder_ok(cfg: AppConfig, field: str) -> bool:
     return True
 
 
+def backbone_model_type(backbone: BackboneConfig) -> str | None:
+    """The backbone's architecture (`vit`, `bert`, ...): from its config dict, or from
+    the config.json of a local directory; None for a hub id not on this machine."""
+    if backbone.config is not None:
+        return str(backbone.config["model_type"])
+    config_file = Path(str(backbone.id)).expanduser() / "config.json"
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
+    return str(model_type) if model_type else None
+
+
 def _backbone_names(cfg: AppConfig) -> tuple[str, str]:
-    """(family, backbone) for the name pattern: e.g. ('vit', 'vit-h64-l4')."""
+    """(family, backbone) for the name pattern: e.g. ('vit', 'vit-h64-l4'), or for a
+    local MiniLM directory ('bert', 'all-MiniLM-L6-v2')."""
     backbone = cfg.model.backbone
     if backbone.config is not None:
         family = str(backbone.config["model_type"])
@@ -225,7 +253,27 @@ def _backbone_names(cfg: AppConfig) -> tuple[str, str]:
         size = "".join(s for s in (f"-h{hidden}" if hidden else "", f"-l{layers}" if layers else ""))
         return family, f"{family}{size}"
     short = Path(str(backbone.id).rstrip("/")).name
-    return short.split("-")[0].lower(), short
+    return backbone_model_type(backbone) or short.split("-")[0].lower(), short
+
+
+def check_paths_exist(cfg: AppConfig) -> None:
+    """The local paths a config names, checked before anything heavy is imported or
+    started, so a wrong path is answered at once: the data, a tokenizer directory, and a
+    backbone given as an explicit local path (a bare `org/name` may be a hub id)."""
+    if cfg.data.source.path is not None:
+        check_local_path(cfg.data.source.path, f"the {cfg.data.source.kind} data")
+    tokenizer = cfg.model.preprocessing.tokenizer
+    if tokenizer is not None and not Path(tokenizer).is_dir():
+        raise UserError(
+            f"model.preprocessing.tokenizer '{tokenizer}' is not a directory (relative paths are "
+            "resolved from the current directory)"
+        )
+    backbone = cfg.model.backbone.id
+    if backbone is not None and backbone.startswith(("/", "./", "../", "~")) and not Path(backbone).expanduser().is_dir():
+        raise UserError(
+            f"model.backbone.id '{backbone}' is not a directory; give the local directory of a "
+            "Hugging Face model (config.json and weights)"
+        )
 
 
 def _format_value(value: Any) -> str:

@@ -31,6 +31,7 @@ from calibration.risk_control import learn_then_test
 from calibration.temperature import CalibrationError, fit_temperature
 from calibration.threshold import candidate_thresholds, choose_threshold, sweep_thresholds
 from ray_app.config import AppConfig
+from ray_app.console import Console
 from ray_app.errors import UserError
 from ray_app.runs import Run, library_versions, resolve_run
 from ray_app.sources import inspect_rows, raise_on_bad_rows, read_source
@@ -529,28 +530,37 @@ def run_export(cfg: AppConfig, run: Run) -> dict[str, Any]:
 # --- everything -------------------------------------------------------------------------
 
 
-def run_pipeline(cfg: AppConfig, run: Run, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_pipeline(cfg: AppConfig, run: Run, console: Console | None = None) -> dict[str, Any]:
     """Every stage in order. A stage complete for the same config is skipped, until one
-    stage runs: everything after it then runs too (its inputs changed)."""
+    stage runs: everything after it then runs too (its inputs changed). `console`
+    shows each stage (status, training progress, one line at its end)."""
+    console = console or Console.silent()
     rerun = False
     reader: SplitReader | None = None
+    total = len(STAGES)
     for number, stage in enumerate(STAGES, start=1):
-        prefix = f"[{number}/{len(STAGES)}] {stage:<9}"
         if not rerun and run.stage_complete(stage, stage_fingerprint(cfg, stage)):
-            echo(f"{prefix} complete for this config, skipped")
+            console.skipped(number, total, stage)
             continue
         rerun = True
-        echo(f"{prefix} running")
-        if stage == "splits":
-            reader = ensure_splits(cfg, run, force=True)
-        elif stage == "train":
-            reader = reader or ensure_splits(cfg, run)
-            run_training(cfg, run, reader)
-        elif stage == "calibrate":
-            run_calibration(cfg, run)
-        elif stage == "evaluate":
-            run_evaluation(cfg, run)
-        else:
-            run_export(cfg, run)
-        echo(f"{prefix} done in {run.stage_info(stage)['seconds']:.1f}s")
+        heading = training_heading(cfg) if stage == "train" else None
+        with console.stage(number, total, stage, run, heading):
+            if stage == "splits":
+                reader = ensure_splits(cfg, run, force=True)
+            elif stage == "train":
+                reader = reader or ensure_splits(cfg, run)
+                run_training(cfg, run, reader)
+            elif stage == "calibrate":
+                run_calibration(cfg, run)
+            elif stage == "evaluate":
+                run_evaluation(cfg, run)
+            else:
+                run_export(cfg, run)
     return run.metadata()["stages"]
+
+
+def training_heading(cfg: AppConfig) -> str:
+    workers = cfg.scaling.num_workers
+    device = "GPU" if cfg.scaling.use_gpu else "CPU"
+    return (f"{cfg.training.mode}, up to {cfg.training.epochs} epochs on {workers} {device} "
+            f"worker{'s' if workers > 1 else ''}")

@@ -3,6 +3,7 @@ exhaustive grid, the stages on the shared smoke run, and the split contract."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from calibration.guardrail import exhaustive_guardrail, tune_guardrail
 from calibration.policy import Policy
+from ray_app.console import Console
 from ray_app.errors import SplitContractError, UserError
 from ray_app.pipeline import load_predictions, run_calibration, run_evaluation
 from ray_app.runs import Run
@@ -139,14 +141,18 @@ def test_run_pipeline_skips_what_is_complete(calibrated, tmp_path: Path) -> None
     run_export(cfg, run)
     copy = Run(tmp_path / run.name)
     shutil.copytree(run.root, copy.root)
-    lines: list[str] = []
-    run_pipeline(cfg, copy, echo=lines.append)
+    screen = io.StringIO()
+    console = Console(screen, screen, None, interactive=False, verbose=False)
+    run_pipeline(cfg, copy, console)
+    lines = screen.getvalue().splitlines()
     assert all("skipped" in line for line in lines) and len(lines) == 5
     # a new policy invalidates calibrate and everything after it, not the training
     changed = cfg.model_copy(deep=True)
     changed.calibration.policy = "threshold"
-    lines.clear()
-    stages = run_pipeline(changed, copy, echo=lines.append)
+    screen.seek(0)
+    screen.truncate()
+    stages = run_pipeline(changed, copy, console)
+    lines = screen.getvalue().splitlines()
     assert [line.split()[1] for line in lines if "skipped" in line] == ["splits", "train"]
     assert [line.split()[1] for line in lines if "done in" in line] == ["calibrate", "evaluate", "export"]
     assert all(stages[s]["status"] == "complete" for s in ("calibrate", "evaluate", "export"))
