@@ -237,6 +237,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         from ray_app.pipeline import run_pipeline
 
         _preflight(cfg)
+        run.record_launch()
         console.print(f"run {run.name} ({run.root}) · log {log_path(run.root)}")
         run_pipeline(cfg, run, console)
         _print_summary(run, console.print)
@@ -418,6 +419,87 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _server_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, loopback only)")
+    parser.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    parser.add_argument("--runs-root", default="./runs", help="the runs the service keeps and launches (default ./runs)")
+    parser.add_argument("--templates-root", help="template YAML files (default: templates/ next to the runs root)")
+    parser.add_argument(
+        "--ray-address",
+        help="job server of the Ray cluster to launch runs on, e.g. http://head:8265 (default: start a local "
+        "Ray head); a token-auth cluster needs RAY_AUTH_MODE=token, as `ray job submit` does",
+    )
+    parser.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray head (default: this machine's cores)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request on the console")
+    parser.epilog = (parser.epilog or "") + (
+        "\n\nA token (env RAY_APP_SERVER_TOKEN) makes every API request need 'Authorization: Bearer <token>'."
+    )
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    import os
+
+    if args.ray_address is None:
+        # The local head enforces Ray's token auth, and Ray's jobs client sends the token
+        # only in this mode, read when Ray is first imported: set it before any import.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    from ray_app.config import validate_model
+    from ray_app.server.settings import ServerSettings
+
+    raw = {"runs_root": args.runs_root, "host": args.host, "port": args.port, "ray_address": args.ray_address,
+           "templates_root": args.templates_root, "local_ray_cpus": args.ray_cpus}
+    settings = validate_model(ServerSettings, {k: v for k, v in raw.items() if v is not None}, "server settings")
+    from ray_app.serving import check_port_free
+
+    check_port_free(settings.host, settings.port)
+    import uvicorn
+
+    from ray_app.server.app import create_app
+
+    app = create_app(settings)
+    where = settings.ray_address or "a local Ray head (starting)"
+    print(f"control plane at http://{settings.host}:{settings.port} (API docs: /docs) · runs {settings.runs_root} "
+          f"· templates {settings.templates_root} · Ray jobs on {where}"
+          + (" · token required" if settings.token_value else ""), flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info" if args.verbose else "warning",
+                access_log=args.verbose)
+    return 0
+
+
+def _client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", help="control plane URL (default $RAY_APP_SERVER or http://127.0.0.1:8080); "
+                        "token from $RAY_APP_SERVER_TOKEN")
+
+
+def _submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", help="YAML config to launch (or --template)")
+    _override_argument(parser)
+    parser.add_argument("--template", help="launch a saved template instead of a config file")
+    _client_arguments(parser)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ray_app.config import read_yaml_mapping
+    from ray_app.server.client import ServerClient
+    from ray_app.server.service import absolute_paths
+
+    if (args.config is None) == (args.template is None):
+        raise UserError("give a config file or --template NAME (one of them): ray-app submit configs/digits.yaml")
+    body: dict[str, object] = {"overrides": args.override}
+    if args.config is not None:
+        raw = read_yaml_mapping(Path(args.config))
+        absolute_paths(raw, Path.cwd())  # paths in a config mean where it is submitted from
+        body["config"] = raw
+    else:
+        body["template"] = args.template
+    client = ServerClient(args.server)
+    launched = client.request("POST", "/api/v1/runs", body)
+    print(f"run {launched['run']} · job {launched['submission_id']} ({launched['status']})")
+    print(f"  follow: curl -N {client.url}/api/v1/runs/{launched['run']}/metrics/stream")
+    print(f"  logs:   curl -N {client.url}/api/v1/runs/{launched['run']}/logs/stream")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command(
         help="every stage in order: splits, train, calibrate, evaluate, export (resumable)",
@@ -472,6 +554,18 @@ COMMANDS: dict[str, Command] = {
         example="ray-app logs smoke_vit_baseline_s0 --tail 50  |  ray-app logs <run-name> --follow",
         add_arguments=_logs_arguments,
         handler=cmd_logs,
+    ),
+    "server": Command(
+        help="the control plane: launch runs as Ray jobs, follow their metrics and logs, templates, families",
+        example="ray-app server --port 8080  |  ray-app server --ray-address http://head:8265 --runs-root /mnt/shared/runs",
+        add_arguments=_server_arguments,
+        handler=cmd_server,
+    ),
+    "submit": Command(
+        help="launch a run through the control plane (a Ray job); prints the run and the job id",
+        example="ray-app submit configs/digits.yaml -o training.lr=0.001",
+        add_arguments=_submit_arguments,
+        handler=cmd_submit,
     ),
     "runs": Command(
         help="list runs or show one (found by scanning the runs root)",

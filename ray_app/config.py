@@ -282,9 +282,10 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def run_name(cfg: AppConfig) -> str:
+def run_name_parts(cfg: AppConfig) -> dict[str, Any]:
+    """The derived placeholders of `name_pattern`: dataset, family, backbone, mode, seed."""
     family, backbone = _backbone_names(cfg)
-    derived = {
+    return {
         "dataset": cfg.data.source.kind
         if cfg.data.source.kind == "sklearn_digits"
         else Path(str(cfg.data.source.path).rstrip("/")).stem,
@@ -293,6 +294,10 @@ def run_name(cfg: AppConfig) -> str:
         "mode": cfg.training.mode,
         "seed": cfg.seed,
     }
+
+
+def run_name(cfg: AppConfig) -> str:
+    derived = run_name_parts(cfg)
     full = cfg.model_dump(mode="json")
 
     def substitute(match: re.Match[str]) -> str:

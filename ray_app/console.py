@@ -125,7 +125,7 @@ class Console:
             yield
         except BaseException as exc:
             watcher.stop()  # type: ignore[attr-defined]
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            reason = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
             self.print(f"{prefix} {reason} after {time.monotonic() - started:.1f}s")
             raise
         watcher.stop()  # type: ignore[attr-defined]
@@ -398,7 +398,7 @@ def open_console(log_file: Path | None, verbose: bool = False, ready: Callable[[
             if isinstance(exc, UserError):
                 sink.write(f"error: {exc}", stage="error")
                 outcome = f"failed (exit {exc.exit_code})"
-            elif isinstance(exc, KeyboardInterrupt):
+            elif isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 outcome = "interrupted"
             else:
                 sink.write("".join(traceback.format_exception(exc)).rstrip(), stage="error")

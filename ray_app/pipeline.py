@@ -33,7 +33,7 @@ from calibration.threshold import candidate_thresholds, choose_threshold, sweep_
 from ray_app.config import AppConfig
 from ray_app.console import Console
 from ray_app.errors import UserError
-from ray_app.runs import Run, library_versions, resolve_run
+from ray_app.runs import STAGES, Run, library_versions, resolve_run
 from ray_app.sources import inspect_rows, raise_on_bad_rows, read_source
 from ray_app.splits import SplitReader, check_access, plan_splits, write_splits
 from serve.bundle import export_bundle, load_bundle
@@ -53,7 +53,6 @@ from trainers.preprocess import (
 FAIL_AT_EPOCH_ENV = "RAY_APP_FAIL_AT_EPOCH"
 API_SERVER_ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # read by Ray's state API
 
-STAGES = ("splits", "train", "calibrate", "evaluate", "export")
 _TRAINED_ON = ("seed", "data", "model", "training", "scaling")
 # The config sections each stage's output depends on: a stage whose sections did not
 # change is still valid (changing calibration.policy does not retrain).

@@ -187,22 +187,68 @@ def capture_output(
 # --- reading --------------------------------------------------------------------------
 
 
-def tail_lines(path: Path, count: int, block_size: int = 64 * 1024) -> list[str]:
-    """The last `count` lines of a text file, read backwards in blocks: a long file is
-    never loaded whole."""
-    if count <= 0 or not path.is_file():
-        return []
+def lines_backwards(path: Path, block_size: int = 64 * 1024) -> Iterator[str]:
+    """The lines of a text file, last first, read in blocks from the end: a reader that
+    wants the newest rows of a long file never loads it whole."""
+    if not path.is_file():
+        return
     with path.open("rb") as handle:
         handle.seek(0, os.SEEK_END)
         position = handle.tell()
-        data = b""
-        while position > 0 and data.count(b"\n") <= count:
+        rest = b""
+        while position > 0:
             step = min(block_size, position)
             position -= step
             handle.seek(position)
-            data = handle.read(step) + data
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    return lines[-count:]
+            data = handle.read(step) + rest
+            parts = data.split(b"\n")
+            rest = parts[0]  # may continue in the previous block
+            for part in reversed(parts[1:]):
+                if part:
+                    yield part.decode("utf-8", errors="replace").rstrip("\r")
+        if rest:
+            yield rest.decode("utf-8", errors="replace").rstrip("\r")
+
+
+def tail_lines(path: Path, count: int, block_size: int = 64 * 1024) -> list[str]:
+    """The last `count` (non-empty) lines of a text file, oldest first."""
+    if count <= 0:
+        return []
+    lines = []
+    for line in lines_backwards(path, block_size):
+        lines.append(line)
+        if len(lines) == count:
+            break
+    return lines[::-1]
+
+
+def tail_offset(path: Path, count: int, block_size: int = 64 * 1024) -> int:
+    """The byte offset where the last `count` lines of a file start (its size for 0)."""
+    if not path.is_file():
+        return 0
+    with path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = position = handle.tell()
+        if count <= 0:
+            return size
+        newlines = 0
+        # A final newline ends the last line; it does not start another.
+        skip_last = True
+        while position > 0:
+            step = min(block_size, position)
+            position -= step
+            handle.seek(position)
+            data = handle.read(step)
+            for index in range(len(data) - 1, -1, -1):
+                if data[index] != 10:  # b"\n"
+                    continue
+                if skip_last and position + index == size - 1:
+                    continue
+                newlines += 1
+                if newlines == count:
+                    return position + index + 1
+            skip_last = False
+    return 0
 
 
 def read_from(path: Path, offset: int) -> tuple[list[str], int]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,11 @@ from ray_app.config import AppConfig, run_name
 from ray_app.errors import UserError
 
 METADATA = "metadata.json"
+# Set by the control plane in a launched job's environment: JSON with the job's
+# submission id and template, recorded in the run's metadata as `launch`.
+LAUNCH_ENV = "RAY_APP_LAUNCH"
+# The pipeline's stages, in order (ray_app.pipeline runs them).
+STAGES = ("splits", "train", "calibrate", "evaluate", "export")
 
 
 def _now() -> str:
@@ -52,6 +59,17 @@ def library_versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "pydantic": pydantic.__version__,
     }
+
+
+def launch_from_env() -> dict[str, Any] | None:
+    raw = os.environ.get(LAUNCH_ENV)
+    if not raw:
+        return None
+    try:
+        launch = json.loads(raw)
+    except ValueError:
+        return None
+    return {**launch, "at": _now()} if isinstance(launch, dict) else None
 
 
 class Run:
@@ -120,7 +138,17 @@ class Run:
         meta.setdefault("stages", {})
         meta["config_fingerprint"] = cfg.fingerprint()
         meta["versions"] = library_versions()
+        launch = launch_from_env()
+        if launch is not None:
+            meta["launch"] = launch
         write_json_atomic(self.metadata_path, meta)
+
+    def record_launch(self) -> None:
+        """How this run was launched (a control-plane job), when it was: an existing run
+        that is run again records the newest launch."""
+        launch = launch_from_env()
+        if launch is not None and self.exists():
+            self.update_metadata(launch=launch)
 
     @contextmanager
     def stage(self, stage: str, fingerprint: str) -> Iterator[dict[str, Any]]:
@@ -136,7 +164,8 @@ class Run:
         try:
             yield details
         except BaseException as exc:
-            status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            # Ctrl-C, or SIGTERM (Ray's driver handler turns it into SystemExit): a stop, not a failure.
+            status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
             self._set_stage(
                 stage,
                 status=status,
@@ -177,3 +206,109 @@ def resolve_run(name_or_path: str, root: Path) -> Run:
         f"no run named '{name_or_path}' under '{root}' (runs found: {known}); "
         "pass a run name, a run directory, or --root"
     )
+
+
+# --- status ---------------------------------------------------------------------------
+
+# What a run's status can be: the states of a Ray job, plus `incomplete` for a run whose
+# stages were run only in part (e.g. `ray-app train` alone).
+RUN_STATUSES = ("pending", "running", "succeeded", "failed", "stopped", "incomplete")
+_START = re.compile(r"==== start: .* · pid (\d+) on (\S+) ====")
+
+
+def _writer_gone(log_file: Path) -> int | None:
+    """The pid of the last command that wrote the run's log, when it ran on this host,
+    never wrote its end line, and is no longer alive; else None."""
+    from ray_app.runlog import END_MARK, START_MARK, tail_lines
+
+    for line in reversed(tail_lines(log_file, 400)):
+        if END_MARK in line:
+            return None
+        if START_MARK in line:
+            found = _START.search(line)
+            if not found or found.group(2) != socket.gethostname():
+                return None
+            pid = int(found.group(1))
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return pid
+            except PermissionError:
+                return None
+            return None
+    return None
+
+
+def status_from_metadata(meta: dict[str, Any], log_file: Path | None = None) -> tuple[str, str]:
+    """(status, message) of a run from its stages: a failed stage's error is the
+    message. A stage still marked running whose process is gone (killed before it could
+    record anything; seen from the run's log on this host) is failed, never running
+    forever."""
+    stages = meta.get("stages") or {}
+    statuses = {name: info.get("status") for name, info in stages.items()}
+    if "running" in statuses.values():
+        pid = _writer_gone(log_file) if log_file is not None and log_file.is_file() else None
+        if pid is None:
+            return "running", ""
+        stage = next(name for name, status in statuses.items() if status == "running")
+        return "failed", f"the process that ran stage {stage} (pid {pid}) ended without recording an outcome"
+    for name, info in stages.items():
+        if info.get("status") == "failed":
+            return "failed", f"{name}: {info.get('error') or 'failed'}"
+    for name, info in stages.items():
+        if info.get("status") in ("stopped", "interrupted"):
+            return "stopped", f"{name}: {info.get('error') or info.get('status')}"
+    if all(statuses.get(stage) == "complete" for stage in STAGES):
+        return "succeeded", ""
+    return "incomplete", ""
+
+
+# --- metrics history ------------------------------------------------------------------
+
+METRICS_FILE = "metrics.jsonl"  # written by trainers.baseline, one JSON row per epoch
+
+
+def read_metrics(
+    path: Path, limit: int, order: str = "asc", since_epoch: int | None = None, keys: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of a run's `metrics.jsonl`: those after `since_epoch` when given, at most
+    `limit` of them — the oldest first (`asc`) or the newest first (`desc`).
+
+    Newest-first and `since_epoch` reads go backwards from the end of the file and stop
+    as soon as they have what was asked for, so following a long run costs the new rows
+    only, never a whole read. `keys` keeps only those columns (and `epoch`)."""
+    from ray_app.runlog import lines_backwards
+
+    def parse(line: str) -> dict[str, Any] | None:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return None  # a row being written
+        return row if isinstance(row, dict) and "epoch" in row else None
+
+    rows: list[dict[str, Any]] = []
+    if order == "asc" and since_epoch is None:
+        if path.is_file():
+            with path.open() as handle:
+                for line in handle:
+                    row = parse(line)
+                    if row is not None:
+                        rows.append(row)
+                        if len(rows) == limit:
+                            break
+    else:
+        for line in lines_backwards(path):
+            row = parse(line)
+            if row is None:
+                continue
+            if since_epoch is not None and row["epoch"] <= since_epoch:
+                break
+            rows.append(row)
+            if order == "desc" and len(rows) == limit:
+                break
+        rows.reverse()  # oldest first
+        rows = rows[:limit] if order == "asc" else rows[::-1][:limit]
+    if keys:
+        wanted = set(keys) | {"epoch"}
+        rows = [{k: v for k, v in row.items() if k in wanted} for row in rows]
+    return rows

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "smoke.yaml"
+
+# Ray clusters enforce token auth and Ray's jobs client sends the token only in this
+# mode, read when Ray is first imported: before any test imports it.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def smoke_config(root: Path, *overrides: str):
@@ -69,6 +76,19 @@ def smoke_bundle(calibrated) -> Path:
     return Path(run_export(cfg, run)["bundle"])
 
 
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Ray head with a job server (`ray start --head` on loopback, its own
+    ports), shared by the tests that submit Ray jobs; its job server URL."""
+    from ray_app.server.local_ray import LocalRayHead
+
+    head = LocalRayHead(num_cpus=3, log_file=tmp_path_factory.mktemp("ray-head") / "head.log")
+    try:
+        yield head.start()
+    finally:
+        head.stop()
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -85,3 +105,42 @@ def serve_port(ray_local) -> Iterator[int]:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port
     serve.shutdown()
+
+
+@contextmanager
+def running_server(app: Any) -> Iterator[str]:
+    """An ASGI app served by uvicorn on a free loopback port in a thread (lifespan and
+    all, as `ray-app server` runs it); its base URL. Stopped on exit."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def sse_events(session: Any, url: str, **kwargs: Any) -> list[dict[str, str]]:
+    """Every event of a stream that ends by itself, parsed from the wire format."""
+    events, current = [], {}
+    with session.get(url, stream=True, timeout=30, **kwargs) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines(decode_unicode=True):
+            if not line:
+                if current:
+                    events.append(current)
+                current = {}
+            elif not line.startswith(":"):
+                key, _, value = line.partition(": ")
+                current[key] = value
+    return events
