@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModel
 
 from ray_app.config import load_config, run_name, validate_config
 from ray_app.errors import ConfigError
+from ray_app.runs import Run
 from tests.conftest import REPO, SMOKE
 from trainers.config import BackboneConfig
 from trainers.families import (
@@ -372,3 +373,24 @@ def yaml_smoke() -> dict:
 
     return yaml.safe_load(SMOKE.read_text())
 
+
+
+# --- trained variants -------------------------------------------------------------------
+
+
+def test_runs_are_found_as_variants_of_their_family(tmp_path: Path) -> None:
+    from ray_app.runs import family_variants  # noqa: PLC0415
+
+    root = tmp_path / "runs"
+    for preset, overrides in ((SMOKE, []), (REPO / "configs" / "digits.yaml", ["seed=1"]), (REPO / "configs" / "text_smoke.yaml", [])):
+        cfg = load_config(preset, [f"storage.root={root}", *overrides])
+        Run.for_config(cfg).prepare(cfg)
+    (root / "not_a_run_any_more").mkdir()
+    (root / "not_a_run_any_more" / "metadata.json").write_text("{}")  # no config.yaml: left out
+    vit = family_variants(root, "vit")
+    assert [(v.run, v.variant) for v in vit] == [
+        ("sklearn_digits_vit_baseline_lr0.002_s1", "vit-h64-l4"), ("smoke_vit_baseline_s0", "vit-h32-l2"),
+    ]
+    assert vit[1].params["hidden_size"] == 32 and vit[1].params["image_size"] == 8 and vit[1].train_status is None
+    assert [v.run for v in family_variants(root, "bert")] == ["text_smoke_bert_baseline_s0"]
+    assert len(family_variants(root)) == 3 and family_variants(root, "dinov2") == []
