@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from calibration.config import CalibrationConfig
 from ray_app.errors import ConfigError, DataError, UserError
 from trainers.config import BackboneConfig, ModelConfig, ScalingConfig, StrictModel, TrainingConfig
+from trainers.families import family_and_params
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -145,8 +146,8 @@ class AppConfig(StrictModel):
     name_pattern: str = Field(
         default="{dataset}_{family}_{mode}_lr{training.lr}_s{seed}",
         description="Run directory name. Placeholders: {dataset}, {family} (backbone "
-        "model_type), {backbone}, {mode}, {seed}, or any dotted config path such as "
-        "{training.lr}.",
+        "model_type), {backbone} (the model family's variant name, e.g. vit-h64-l4), "
+        "{mode}, {seed}, or any dotted config path such as {training.lr}.",
     )
     data: DataConfig = Field(default_factory=DataConfig, description="Dataset and splits.")
     model: ModelConfig = Field(description="Backbone, head and preprocessing.")
@@ -229,31 +230,20 @@ def _placeholder_ok(cfg: AppConfig, field: str) -> bool:
     return True
 
 
-def backbone_model_type(backbone: BackboneConfig) -> str | None:
-    """The backbone's architecture (`vit`, `bert`, ...): from its config dict, or from
-    the config.json of a local directory; None for a hub id not on this machine."""
-    if backbone.config is not None:
-        return str(backbone.config["model_type"])
-    config_file = Path(str(backbone.id)).expanduser() / "config.json"
-    try:
-        model_type = json.loads(config_file.read_text()).get("model_type")
-    except (OSError, ValueError):
-        return None
-    return str(model_type) if model_type else None
-
-
 def _backbone_names(cfg: AppConfig) -> tuple[str, str]:
-    """(family, backbone) for the name pattern: e.g. ('vit', 'vit-h64-l4'), or for a
-    local MiniLM directory ('bert', 'all-MiniLM-L6-v2')."""
-    backbone = cfg.model.backbone
-    if backbone.config is not None:
-        family = str(backbone.config["model_type"])
-        hidden = backbone.config.get("hidden_size")
-        layers = backbone.config.get("num_hidden_layers")
-        size = "".join(s for s in (f"-h{hidden}" if hidden else "", f"-l{layers}" if layers else ""))
-        return family, f"{family}{size}"
-    short = Path(str(backbone.id).rstrip("/")).name
-    return backbone_model_type(backbone) or short.split("-")[0].lower(), short
+    """(family, backbone) for the name pattern, both from the backbone's model family:
+    its architecture and its variant name, e.g. ('vit', 'vit-h64-l4'), or for a local
+    MiniLM directory ('bert', 'all-MiniLM-L6-v2')."""
+    family, params = family_and_params(cfg.model.backbone)
+    return family.architecture(params), family.variant_name(params)
+
+
+def dataset_name(cfg: AppConfig) -> str:
+    """The data's short name in run names: the source kind for the built-in digits,
+    else the file or directory name without its suffix."""
+    if cfg.data.source.kind == "sklearn_digits":
+        return cfg.data.source.kind
+    return Path(str(cfg.data.source.path).rstrip("/")).stem
 
 
 def check_paths_exist(cfg: AppConfig) -> None:
@@ -286,9 +276,7 @@ def run_name_parts(cfg: AppConfig) -> dict[str, Any]:
     """The derived placeholders of `name_pattern`: dataset, family, backbone, mode, seed."""
     family, backbone = _backbone_names(cfg)
     return {
-        "dataset": cfg.data.source.kind
-        if cfg.data.source.kind == "sklearn_digits"
-        else Path(str(cfg.data.source.path).rstrip("/")).stem,
+        "dataset": dataset_name(cfg),
         "family": family,
         "backbone": backbone,
         "mode": cfg.training.mode,

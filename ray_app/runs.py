@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, Field
 
-from ray_app.config import AppConfig, run_name
+from ray_app.config import AppConfig, run_name, validate_config
 from ray_app.errors import UserError
+from trainers.families import InvalidParams, family_and_params
 
 METADATA = "metadata.json"
 # Set by the control plane in a launched job's environment: JSON with the job's
@@ -312,3 +314,53 @@ def read_metrics(
         wanted = set(keys) | {"epoch"}
         rows = [{k: v for k, v in row.items() if k in wanted} for row in rows]
     return rows
+
+
+def run_config(run: Run) -> AppConfig | None:
+    """The resolved config a run recorded (`config.yaml`), or None when it has none or
+    it no longer validates (a run made by an older version with other fields)."""
+    path = run.root / "config.yaml"
+    try:
+        return validate_config(yaml.safe_load(path.read_text()) or {}, str(path))
+    except (OSError, yaml.YAMLError, UserError, InvalidParams):
+        return None
+
+
+class FamilyVariant(BaseModel):
+    """A run seen as a trained variant of a model family."""
+
+    run: str = Field(description="The run's name (its directory under the runs root).")
+    path: str = Field(description="The run's directory.")
+    family: str = Field(description="The backbone's model family, e.g. vit.")
+    variant: str = Field(description="The family's variant name for the run's backbone, e.g. vit-h64-l4.")
+    params: dict[str, Any] = Field(description="The backbone's family parameters, defaults filled in.")
+    train_status: str | None = Field(description="The train stage's status (complete, failed, ...); null before it ran.")
+    template: str | None = Field(description="The template that launched the run, if one did.")
+
+
+def family_variants(root: Path, family: str | None = None) -> list[FamilyVariant]:
+    """The runs under `root` as variants of their backbone's model family (only those of
+    `family` when given), found by scanning like `find_runs`: a run trained anywhere
+    shows up once its directory is under the root. Runs without a readable config are
+    left out."""
+    variants = []
+    for run in find_runs(root):
+        cfg = run_config(run)
+        if cfg is None:
+            continue
+        found, params = family_and_params(cfg.model.backbone)
+        if family is not None and found.name != family:
+            continue
+        meta = run.metadata()
+        variants.append(
+            FamilyVariant(
+                run=run.name,
+                path=str(run.root),
+                family=found.name,
+                variant=found.variant_name(params),
+                params=params.model_dump(mode="json"),
+                train_status=meta.get("stages", {}).get("train", {}).get("status"),
+                template=(meta.get("template") or {}).get("name"),
+            )
+        )
+    return variants

@@ -15,6 +15,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from trainers.config import DEFAULT_VIEW_CROP_FRACTION, BackboneConfig, ModelConfig
+from trainers.families import family_and_params
 from trainers.views import IDENTITY_ONLY, check_view_names, multi_view_logits
 
 WEIGHTS_FILE = "model.safetensors"
@@ -23,25 +24,24 @@ BACKBONE_CONFIG_DIR = "backbone"
 
 
 def build_backbone(backbone: BackboneConfig) -> PreTrainedModel:
-    if backbone.config is not None:
-        model = AutoModel.from_config(backbone_config(backbone))
-    else:
-        model = AutoModel.from_pretrained(backbone.id)
-    return drop_pooler(model)
+    """The backbone a run trains, built by its family (trainers/families.py) from the
+    parameters the config's backbone section stands for: one path from family
+    parameters to the module that trains."""
+    family, params = family_and_params(backbone)
+    return drop_pooler(family.create_model(params))
 
 
 def backbone_config(backbone: BackboneConfig) -> PretrainedConfig:
-    if backbone.config is not None:
-        kwargs = dict(backbone.config)
-        return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
-    return AutoConfig.from_pretrained(backbone.id)
+    family, params = family_and_params(backbone)
+    return family.hf_config(params)
 
 
 def backbone_skeleton(backbone: BackboneConfig) -> PreTrainedModel:
     """The backbone's modules on the meta device: names and shapes without memory or
     weights, so the driver can check a plan before any worker starts."""
+    family, params = family_and_params(backbone)
     with torch.device("meta"):
-        return drop_pooler(AutoModel.from_config(backbone_config(backbone)))
+        return drop_pooler(family.create_model(params, weights=False))
 
 
 def drop_pooler(model: PreTrainedModel) -> PreTrainedModel:
