@@ -38,7 +38,7 @@ def reliability_diagram(view: dict[str, Any], path: Path, min_bin_count: int) ->
     chart of how many samples each bin holds. Bins under `min_bin_count` samples are
     drawn hatched and pale: their accuracy is noise, not miscalibration."""
     fig, axes = plt.subplots(
-        2, 2, figsize=(9.5, 5.6), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]}, squeeze=False
+        2, 2, figsize=(9.5, 6.0), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]}, squeeze=False
     )
     panels = (("before (T = 1)", view["before"]), ("after temperature", view["after"]))
     for column, (title, panel) in enumerate(panels):
@@ -74,9 +74,9 @@ def reliability_diagram(view: dict[str, Any], path: Path, min_bin_count: int) ->
         plt.Line2D([], [], color="k", linestyle="--", label="perfect calibration"),
         plt.Line2D([], [], color="tab:red", marker="o", linestyle="", label="(mean confidence, accuracy)"),
     ]
-    axes[0][0].legend(handles=handles, loc="upper left", fontsize=7.5)
     fig.suptitle("Reliability on val_calib (equal-width bins; counts below)", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
     _save(fig, path)
 
 

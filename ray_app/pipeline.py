@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -280,11 +281,12 @@ def run_training(
         if record_budget:
             from ray_app.budget import compute_budget
 
+            started = time.monotonic()
             budget = compute_budget(cfg, reader)
             run.train_dir.mkdir(parents=True)
             _write_json(run.train_dir / "budget.json", budget)
             details["budget"] = {
-                "key": budget["key"], "cached": budget["cached"],
+                "key": budget["key"], "cached": budget["cached"], "seconds": round(time.monotonic() - started, 3),
                 "epoch_train_seconds": budget["estimate"]["epoch_train_seconds"],
                 "flops_per_epoch": budget["flops"]["per_epoch"],
                 "parameters": budget["parameters"]["total"], "trainable": budget["parameters"]["trainable"],

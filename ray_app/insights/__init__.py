@@ -23,7 +23,7 @@ from typing import Any
 from ray_app.errors import ExampleNotFound, InsightsError, InsightsNotReady
 from ray_app.insights.build import STORYBOARD_FILE, SUMMARY_FILE
 from ray_app.insights.examples import example
-from ray_app.insights.meaning_map import meaning_map
+from ray_app.insights.projection import meaning_map
 from ray_app.insights.outcomes import Outcomes, insights_dir
 from ray_app.runs import Run
 

@@ -16,11 +16,11 @@ from typing import Any
 from calibration.policy import Policy
 from ray_app.config import AppConfig
 from ray_app.errors import InsightsNotReady
-from ray_app.insights.meaning_map import compute_projection, resolve_params
+from ray_app.insights.projection import compute_projection, resolve_params
 from ray_app.insights.outcomes import OUTCOMES_FILE, READER, Outcomes, insights_dir
 from ray_app.insights.reference import fit_reference
 from ray_app.insights.report import MAP_PNG, STORYBOARD_PNG, draw_meaning_map, draw_storyboard, write_insights_report
-from ray_app.insights.storyboard import CATEGORIES, build_storyboard
+from ray_app.insights.story import CATEGORIES, build_storyboard
 from ray_app.runs import Run, write_json_atomic
 from ray_app.splits import SplitReader
 
@@ -88,10 +88,14 @@ def build_insights(cfg: AppConfig, run: Run, model_description: str, image_size:
     index = outcomes.index_of()
     draw_meaning_map(projection, [outcomes.row(index[i]) for i in projection["ids"]], outcomes.label_names,
                      tmp / MAP_PNG)
+    seconds["meaning_map_png"] = time.monotonic() - started
+    started = time.monotonic()
     contents = _storyboard_contents(reader, outcomes, storyboard)
     is_image = cfg.data.source.modality == "image"
     if is_image:
         draw_storyboard(storyboard, contents, tmp / STORYBOARD_PNG)
+    seconds["storyboard_png"] = time.monotonic() - started
+    started = time.monotonic()
     model = {"description": model_description, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"]}
     write_insights_report(
         tmp, run.name, model, reference, run.stage_info("train").get("epoch_seconds"), projection, storyboard,
@@ -110,7 +114,7 @@ def build_insights(cfg: AppConfig, run: Run, model_description: str, image_size:
         "reference": None if reference is None else {
             k: reference[k] for k in ("kind", "C", "val_test_accuracy", "val_test_macro_f1", "train_rows")
         },
-        "seconds": {k: round(v, 4) for k, v in seconds.items()},
+        "timings": {k: round(v, 4) for k, v in seconds.items()},
         "reads": {stage: sorted(splits) for stage, splits in reader.reads.items()},
     }
     write_json_atomic(tmp / SUMMARY_FILE, {"run": run.name, **details})

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from ray_app.insights.storyboard import CATEGORIES  # noqa: E402
+from ray_app.insights.story import CATEGORIES  # noqa: E402
 
 MAP_PNG = "meaning_map.png"
 STORYBOARD_PNG = "storyboard.png"
@@ -37,10 +37,13 @@ def draw_meaning_map(projection: dict[str, Any], rows: list[dict[str, Any]], lab
     for k, name in enumerate(label_names):
         mine = labels == k
         if mine.any():
-            ax.scatter(x[mine], y[mine], s=22, color=colors[k], label=name, alpha=0.85, edgecolor="white", linewidth=0.3)
+            ax.scatter(x[mine & ~wrong], y[mine & ~wrong], s=24, color=colors[k], label=name, alpha=0.85,
+                       edgecolor="white", linewidth=0.3)
+            # a wrong prediction keeps its class colour, ringed in black
+            ax.scatter(x[mine & wrong], y[mine & wrong], s=40, color=colors[k], edgecolor="black", linewidth=1.3,
+                       zorder=3)
     if wrong.any():
-        ax.scatter(x[wrong], y[wrong], s=46, marker="x", color="black", linewidth=1.2,
-                   label=f"wrong ({int(wrong.sum())})")
+        ax.scatter([], [], s=40, color="white", edgecolor="black", linewidth=1.3, label=f"wrong ({int(wrong.sum())})")
     method = projection["method"].upper() if projection["method"] == "pca" else "t-SNE"
     axis = "component" if projection["method"] == "pca" else "t-SNE"
     variance = projection.get("explained_variance_ratio")
@@ -49,7 +52,8 @@ def draw_meaning_map(projection: dict[str, Any], rows: list[dict[str, Any]], lab
         xlabel += f" ({variance[0]:.0%} of variance)"
         ylabel += f" ({variance[1]:.0%} of variance)"
     ax.set(xlabel=xlabel, ylabel=ylabel,
-           title=f"val_test in the model's feature space ({method}, {len(rows)} points)\ncolour: true class")
+           title=f"val_test in the model's feature space ({method}, {len(rows)} points)\n"
+                 "colour: true class; black ring: predicted wrong")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="class", title_fontsize=8,
               markerscale=1.2)
     fig.tight_layout()

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import ray_app.insights.meaning_map as meaning_map_module
+import ray_app.insights.projection as projection_module
 from calibration.policy import Policy
 from ray_app.errors import ExampleNotFound, InsightsError, InsightsNotReady
 from ray_app.insights import calibration_views, example, meaning_map, storyboard, summary
@@ -85,13 +85,13 @@ def test_meaning_map_is_deterministic_cached_and_recomputed_for_new_settings(
     shutil.copytree(source.root, run.root)
     shutil.rmtree(run.root / "insights" / "maps")
     calls: list[str] = []
-    real_project = meaning_map_module.project
+    real_project = projection_module.project
 
     def counting_project(features, method, params, seed):
         calls.append(method)
         return real_project(features, method, params, seed)
 
-    monkeypatch.setattr(meaning_map_module, "project", counting_project)
+    monkeypatch.setattr(projection_module, "project", counting_project)
     first = meaning_map(run)
     assert calls == ["pca"] and not first["cached"]
     cache = next((run.root / "insights" / "maps").glob("pca_*.json"))

@@ -13,9 +13,9 @@ from calibration.threshold import candidate_thresholds, sweep_thresholds
 from calibration.views import MIN_BIN_COUNT, calibration_views
 from ray_app.console import stage_summary
 from ray_app.errors import InsightsError, SplitContractError
-from ray_app.insights.meaning_map import cache_key, project, resolve_params, sample_rows
+from ray_app.insights.projection import cache_key, project, resolve_params, sample_rows
 from ray_app.insights.outcomes import Outcomes, base_id, unique_row_ids
-from ray_app.insights.storyboard import CATEGORIES, build_storyboard, category_mask
+from ray_app.insights.story import CATEGORIES, build_storyboard, category_mask
 from ray_app.splits import check_access
 
 
