@@ -220,6 +220,7 @@ def _print_summary(run: Run, out: Callable[[str], None]) -> None:
         ("val_test ECE", f"{metrics['uncalibrated']['ece']:.4f} -> {metrics['calibrated']['ece']:.4f} after temperature"),
         (f"policy {policy['rule']}", f"coverage {policy['coverage']:.3f}, accepted accuracy {accepted}, "
                                       f"assist {policy['assist_rate']:.3f}, abstain {policy['abstain_rate']:.3f}"),
+        *_insight_rows(run),
         ("bundle", f"{export['bundle']} (verified; {export['model_version']})"),
         ("serve it", f"ray-app serve {export['bundle']}"),
     ]
@@ -227,6 +228,24 @@ def _print_summary(run: Run, out: Callable[[str], None]) -> None:
     out(f"run {run.name}")
     for label, value in rows:
         out(f"  {label:<22} {value}")
+
+
+def _insight_rows(run: Run) -> list[tuple[str, str]]:
+    """The reference model against the run, and the epoch time estimated before
+    training against the one measured, when the run recorded them."""
+    rows = []
+    insights = run.stage_info("insights")
+    reference = insights.get("reference")
+    if reference:
+        rows.append(("linear reference", f"{reference['val_test_accuracy']:.4f} val_test accuracy ({reference['kind']}, "
+                                         f"C={reference['C']:g}) vs {insights['model_accuracy']:.4f} for this run"))
+    timing = run.stage_info("train").get("epoch_seconds")
+    if timing and timing.get("measured_median") is not None:
+        rows.append(("epoch time", f"estimated {timing['estimated']:.2f}s, measured {timing['measured_median']:.2f}s "
+                                   f"(median after the first epoch; x{timing['ratio']:.2f})"))
+    if insights.get("status") == "complete" and not insights.get("disabled"):
+        rows.append(("insights", f"{run.root / 'insights' / 'report.md'}"))
+    return rows
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -241,6 +260,56 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"run {run.name} ({run.root}) · log {log_path(run.root)}")
         run_pipeline(cfg, run, console)
         _print_summary(run, console.print)
+    return 0
+
+
+def cmd_insights(args: argparse.Namespace) -> int:
+    cfg, run = _load_target(args)
+    with _console_for(run, args) as console:
+        from ray_app.pipeline import run_insights
+
+        with console.stage(1, 1, "insights", run):
+            info = run_insights(cfg, run)
+        if info.get("disabled"):
+            console.print(f"run {run.name}: insights are off (insights.enabled: false)")
+            return 0
+        console.print(f"run {run.name}: insights on val_test ({info['n']} rows) in {info['seconds']:.1f}s")
+        for label, value in _insight_rows(run):
+            console.print(f"  {label:<18} {value}")
+    return 0
+
+
+def _budget_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the whole budget as JSON instead of a table")
+    parser.add_argument("--refresh", action="store_true", help="measure again even when a cached budget matches")
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    """The budget needs no run directory; what Ray and the benchmark print goes to the
+    budget cache's log, so the console shows the table only."""
+    cfg, run = _load(args)
+    from ray_app.budget import budget_lines, cache_dir, cache_path
+    from ray_app.console import open_console
+
+    cached = cache_path(cfg)
+    if cached.is_file() and not args.refresh:  # asked before: a file read, no torch, no Ray
+        budget = {**json.loads(cached.read_text()), "key": cached.stem, "cached": True, "cache_file": str(cached)}
+    else:
+        with open_console(cache_dir(cfg) / "budget.log", verbose=args.verbose, argv=args.argv) as console:
+            from ray_app.budget import compute_budget
+            from ray_app.pipeline import resolve_input_spec
+
+            resolve_input_spec(cfg)  # a backbone or tokenizer that cannot load: exit 2 before any work
+            console.status("measuring the compute budget…")
+            budget = compute_budget(cfg, use_cache=not args.refresh)
+    if args.json:
+        print(json.dumps(budget, indent=2, sort_keys=True))
+    else:
+        print(f"config {args.config} (run {run.name})")
+        for line in budget_lines(budget):
+            print(line)
+        print(f"  {'cached in':<26} {budget['cache_file']}")
     return 0
 
 
@@ -502,7 +571,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Command] = {
     "run": Command(
-        help="every stage in order: splits, train, calibrate, evaluate, export (resumable)",
+        help="every stage in order: splits, train, calibrate, evaluate, insights, export (resumable)",
         example="ray-app run configs/digits.yaml -o training.epochs=5",
         add_arguments=_config_arguments,
         handler=cmd_run,
@@ -530,6 +599,18 @@ COMMANDS: dict[str, Command] = {
         example="ray-app evaluate configs/digits.yaml",
         add_arguments=_target_arguments,
         handler=cmd_evaluate,
+    ),
+    "insights": Command(
+        help="on val_test: meaning map, storyboard, linear reference model (insights/report.md)",
+        example="ray-app insights sklearn_digits_vit_baseline_lr0.002_s0 -o insights.max_points=2000",
+        add_arguments=_target_arguments,
+        handler=cmd_insights,
+    ),
+    "budget": Command(
+        help="before a run: rows, tokens or patches per epoch, parameters, FLOPs, estimated epoch time (cached)",
+        example="ray-app budget configs/digits.yaml -o training.batch_size=64",
+        add_arguments=_budget_arguments,
+        handler=cmd_budget,
     ),
     "export": Command(
         help="seal the selected model and the policy into a verified bundle directory",

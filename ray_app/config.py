@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from calibration.config import CalibrationConfig
 from ray_app.errors import ConfigError, DataError, UserError
@@ -141,6 +141,83 @@ class RayInitConfig(StrictModel):
     )
 
 
+class ReferenceConfig(StrictModel):
+    enabled: bool = Field(
+        default=True,
+        description="Fit a linear reference model (scikit-learn logistic regression: TF-IDF "
+        "for text, raw pixels for images) on train and report its val_test accuracy next "
+        "to the run's.",
+    )
+    c_values: list[float] = Field(
+        default=[0.1, 1.0, 10.0],
+        min_length=1,
+        description="Inverse regularisation strengths C tried; the one with the best "
+        "val_select accuracy is kept (val_test never chooses).",
+    )
+    max_train_rows: int = Field(
+        default=20_000,
+        ge=10,
+        description="Fit on at most this many train rows (a seeded sample beyond that): a "
+        "reference, not a second training run.",
+    )
+    image_side: int = Field(
+        default=32,
+        ge=4,
+        description="Images are resized to at most this side (never up) before their pixels "
+        "become features, so a 224-pixel backbone does not give 150,000 features.",
+    )
+
+    @field_validator("c_values")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if any(c <= 0 for c in values):
+            raise ValueError("C values must be > 0")
+        return values
+
+
+class InsightsConfig(StrictModel):
+    enabled: bool = Field(
+        default=True,
+        description="Compute the run's insights after evaluation: feature map of val_test, "
+        "storyboard, reference model.",
+    )
+    max_points: int = Field(
+        default=5000,
+        ge=10,
+        description="Most val_test rows on the feature map; beyond that a seeded sample "
+        "(by row id, so the same rows for the same seed).",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the map's row sample and of t-SNE.")
+    examples_per_category: int = Field(
+        default=6, ge=1, le=100, description="Examples the storyboard shows per outcome."
+    )
+    confused_pairs: int = Field(
+        default=5, ge=1, le=100, description="Most confused class pairs the storyboard lists."
+    )
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig, description="The linear reference model.")
+
+
+class BudgetConfig(StrictModel):
+    benchmark_steps: int = Field(
+        default=5,
+        ge=1,
+        le=200,
+        description="Training steps timed by the compute budget's micro-benchmark on this "
+        "machine (the median step time, times the steps of an epoch, is the estimate).",
+    )
+    warmup_steps: int = Field(
+        default=2,
+        ge=0,
+        le=50,
+        description="Steps run before the timed ones (allocations, kernel choice), not timed.",
+    )
+    cache_dir: str | None = Field(
+        default=None,
+        description="Where budgets are cached (default <storage.root>/.cache/budget): "
+        "asking again for the same data, preprocessing and model costs nothing.",
+    )
+
+
 class AppConfig(StrictModel):
     seed: int = Field(default=0, ge=0, description="Seed for splits, initialisation and shuffling.")
     name_pattern: str = Field(
@@ -155,6 +232,12 @@ class AppConfig(StrictModel):
     scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="Ray Train workers.")
     calibration: CalibrationConfig = Field(
         default_factory=CalibrationConfig, description="Temperature, decision rules and the policy."
+    )
+    insights: InsightsConfig = Field(
+        default_factory=InsightsConfig, description="What the run shows after evaluation (feature map, storyboard, reference)."
+    )
+    budget: BudgetConfig = Field(
+        default_factory=BudgetConfig, description="The compute budget estimated before training."
     )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where runs live.")
     ray: RayInitConfig = Field(default_factory=RayInitConfig, description="How to reach Ray.")
@@ -230,7 +313,7 @@ def _placeholder_ok(cfg: AppConfig, field: str) -> bool:
     return True
 
 
-def _backbone_names(cfg: AppConfig) -> tuple[str, str]:
+def backbone_names(cfg: AppConfig) -> tuple[str, str]:
     """(family, backbone) for the name pattern, both from the backbone's model family:
     its architecture and its variant name, e.g. ('vit', 'vit-h64-l4'), or for a local
     MiniLM directory ('bert', 'all-MiniLM-L6-v2')."""
@@ -274,7 +357,7 @@ def _format_value(value: Any) -> str:
 
 def run_name_parts(cfg: AppConfig) -> dict[str, Any]:
     """The derived placeholders of `name_pattern`: dataset, family, backbone, mode, seed."""
-    family, backbone = _backbone_names(cfg)
+    family, backbone = backbone_names(cfg)
     return {
         "dataset": dataset_name(cfg),
         "family": family,

@@ -187,6 +187,15 @@ def stage_summary(stage: str, info: dict[str, Any]) -> str:
                     f"policy {info['policy']}")
         if stage == "evaluate":
             return f"val_test accuracy {info['accuracy']:.4f}, coverage {info['coverage']:.3f} under the policy"
+        if stage == "insights":
+            if info.get("disabled"):
+                return "off (insights.enabled: false)"
+            board = info["storyboard"]
+            reference = info.get("reference")
+            compared = (f", linear reference {reference['val_test_accuracy']:.4f} vs model {info['model_accuracy']:.4f}"
+                        if reference else "")
+            return (f"map of {info['map']['points']} points (pca), storyboard {board['confident_wrong']} confident "
+                    f"wrong of {info['n']}{compared}")
         if stage == "export":
             return f"bundle verified, {info['model_version']}"
     except (KeyError, TypeError, ValueError):

@@ -32,7 +32,7 @@ METADATA = "metadata.json"
 # submission id and template, recorded in the run's metadata as `launch`.
 LAUNCH_ENV = "RAY_APP_LAUNCH"
 # The pipeline's stages, in order (ray_app.pipeline runs them).
-STAGES = ("splits", "train", "calibrate", "evaluate", "export")
+STAGES = ("splits", "train", "calibrate", "evaluate", "insights", "export")
 
 
 def _now() -> str:

@@ -136,15 +136,17 @@ def test_run_console_shows_progress_and_the_log_keeps_everything(smoke_cli_run) 
     lines = ran.stdout.splitlines()
     stage_lines = [x for x in lines if x.startswith("[")]
     assert [x.split()[0:2] for x in stage_lines] == [
-        ["[1/5]", "splits"], ["[2/5]", "train"], ["[2/5]", "train"], ["[3/5]", "calibrate"],
-        ["[4/5]", "evaluate"], ["[5/5]", "export"],
+        ["[1/6]", "splits"], ["[2/6]", "train"], ["[2/6]", "train"], ["[3/6]", "calibrate"],
+        ["[4/6]", "evaluate"], ["[5/6]", "insights"], ["[6/6]", "export"],
     ]
-    assert stage_lines[1] == "[2/5] train     baseline, up to 2 epochs on 1 CPU worker"
+    assert stage_lines[1] == "[2/6] train     baseline, up to 2 epochs on 1 CPU worker"
     assert all(" done in " in x for x in stage_lines if x != stage_lines[1])
     epochs = [x for x in lines if x.startswith("  epoch ")]
     assert [x.split()[1] for x in epochs] == ["1/2", "2/2"]
     assert all("val_select loss" in x and "accuracy" in x for x in epochs)
     assert any(x.startswith("  val_test accuracy") for x in lines) and any("serve it" in x for x in lines)
+    assert any(x.startswith("  linear reference") and "vs" in x for x in lines)
+    assert any(x.startswith("  epoch time") and "estimated" in x and "measured" in x for x in lines)
     for noise in NOISE:
         assert noise not in ran.stdout + ran.stderr
     assert "Started a local Ray instance" not in ran.stdout + ran.stderr
@@ -190,8 +192,8 @@ def test_runs_list_show_calibrate_evaluate_resume_and_serve(smoke_cli_run) -> No
     ran = cli("run", str(SMOKE), "-o", f"storage.root={root}", "-o", "training.epochs=2",
               "-o", "calibration.policy=threshold")
     assert ran.returncode == 0, ran.stderr[-3000:]
-    assert "[2/5] train     complete for this config, skipped" in ran.stdout
-    assert "[5/5] export    done in" in ran.stdout
+    assert "[2/6] train     complete for this config, skipped" in ran.stdout
+    assert "[6/6] export    done in" in ran.stdout
     assert "val_test accuracy" in ran.stdout and "(verified; smoke_vit_baseline_s0@" in ran.stdout
     bundle = root / "smoke_vit_baseline_s0" / "bundle"
     assert (bundle / "bundle.json").is_file()

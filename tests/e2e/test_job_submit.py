@@ -41,7 +41,7 @@ def test_ray_job_submit_runs_the_pipeline(ray_head: str, tmp_path: Path) -> None
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "succeeded" in output
-    assert "[5/5] export    done in" in output  # the job's own progress lines stream back
+    assert "[6/6] export    done in" in output  # the job's own progress lines stream back
     run = root / "smoke_vit_baseline_s0"
     assert (run / "bundle" / "bundle.json").is_file() and (run / "eval" / "metrics.json").is_file()
     # the job's whole output stays with the run, after the cluster that ran it is gone

@@ -23,7 +23,7 @@ from ray_app.server.app import create_app
 from ray_app.server.index import RunIndex, combined_status
 from tests.conftest import SMOKE, running_server, sse_events
 
-COMPLETE = {s: {"status": "complete"} for s in ("splits", "calibrate", "export")}
+COMPLETE = {s: {"status": "complete"} for s in ("splits", "calibrate", "insights", "export")}
 
 
 def make_run(root: Path, name: str, *, accuracy: float | None = 0.8, status: str = "complete",
@@ -106,7 +106,7 @@ def test_statuses_from_metadata_and_jobs(tmp_path: Path) -> None:
     def meta(**stages: str) -> dict[str, Any]:
         return {"stages": {k: {"status": v, "error": "E: why" if v == "failed" else None} for k, v in stages.items()}}
 
-    everything = dict.fromkeys(("splits", "train", "calibrate", "evaluate", "export"), "complete")
+    everything = dict.fromkeys(("splits", "train", "calibrate", "evaluate", "insights", "export"), "complete")
     assert status_from_metadata(meta(**everything)) == ("succeeded", "")
     assert status_from_metadata(meta(splits="complete", train="complete")) == ("incomplete", "")
     assert status_from_metadata(meta(splits="complete", train="failed")) == ("failed", "train: E: why")
