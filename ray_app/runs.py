@@ -74,6 +74,22 @@ def launch_from_env() -> dict[str, Any] | None:
     return {**launch, "at": _now()} if isinstance(launch, dict) else None
 
 
+def launch_fields(launch: dict[str, Any]) -> dict[str, Any]:
+    """The metadata a launch records: `launch` (submission id, template name, when) and,
+    when a template launched the run, `template` (its name, description, when it was
+    saved and when it launched this run), the one place a run says its template."""
+    template = launch.get("template")
+    fields: dict[str, Any] = {"launch": {**launch, "template": template.get("name") if isinstance(template, dict) else template}}
+    if isinstance(template, dict) and template.get("name"):
+        fields["template"] = {**template, "launched": launch["at"]}
+    return fields
+
+
+def run_template(meta: dict[str, Any]) -> str | None:
+    """The name of the template that launched a run, from its metadata."""
+    return (meta.get("template") or {}).get("name") or (meta.get("launch") or {}).get("template") or None
+
+
 class Run:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -142,7 +158,7 @@ class Run:
         meta["versions"] = library_versions()
         launch = launch_from_env()
         if launch is not None:
-            meta["launch"] = launch
+            meta.update(launch_fields(launch))
         write_json_atomic(self.metadata_path, meta)
 
     def record_launch(self) -> None:
@@ -150,7 +166,7 @@ class Run:
         that is run again records the newest launch."""
         launch = launch_from_env()
         if launch is not None and self.exists():
-            self.update_metadata(launch=launch)
+            self.update_metadata(**launch_fields(launch))
 
     @contextmanager
     def stage(self, stage: str, fingerprint: str) -> Iterator[dict[str, Any]]:
@@ -360,7 +376,7 @@ def family_variants(root: Path, family: str | None = None) -> list[FamilyVariant
                 variant=found.variant_name(params),
                 params=params.model_dump(mode="json"),
                 train_status=meta.get("stages", {}).get("train", {}).get("status"),
-                template=(meta.get("template") or {}).get("name"),
+                template=run_template(meta),
             )
         )
     return variants

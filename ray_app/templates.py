@@ -42,7 +42,7 @@ MAX_NAME_LENGTH = 128
 # A plain file name: no separators, no leading dot (no hidden files, no `..`).
 TEMPLATE_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_NAME_LENGTH - 1}}}")
 # The command written at the top of every template file.
-LAUNCH_COMMAND = "ray-app run --template {name}"
+LAUNCH_COMMAND = "ray-app submit --template {name}"
 # How the PEFT methods are written in descriptions.
 PEFT_LABELS = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr"}
 FACT_SEPARATOR = " · "
@@ -293,15 +293,14 @@ def render_template(template: Template) -> str:
     return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=4096)
 
 
+def template_record(template: Template) -> dict[str, str]:
+    """What a run keeps of the template that launched it: name, description and when
+    the template was saved (a later edit of the template does not rewrite the run)."""
+    return {"name": template.name, "description": template.description, "created": template.created.isoformat()}
+
+
 def record_template(run: Run, template: Template) -> None:
-    """Note in a run's metadata the template that launched it (its name, description
-    and when it was saved), before the run's stages start; the stages keep it."""
+    """Note in a run's metadata the template that launched it, before the run's stages
+    start; the stages keep it."""
     run.root.mkdir(parents=True, exist_ok=True)
-    run.update_metadata(
-        template={
-            "name": template.name,
-            "description": template.description,
-            "created": template.created.isoformat(),
-            "launched": _now().isoformat(),
-        }
-    )
+    run.update_metadata(template={**template_record(template), "launched": _now().isoformat()})

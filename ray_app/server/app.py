@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+import logging
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -20,19 +21,28 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ray_app import __version__
-from ray_app.errors import ConfigError, DataError, UserError
+from ray_app.errors import ConfigError, DataError, ExampleNotFound, InsightsError, InsightsNotReady, UserError
 from ray_app.server.deps import require_token
-from ray_app.server.routers import runs
+from ray_app.server.routers import families, insights, runs, templates
 from ray_app.server.service import Conflict, ControlPlane, InvalidName, InvalidRequest, NotFound, Unavailable
 from ray_app.server.settings import ServerSettings
+from ray_app.templates import InvalidName as InvalidTemplateName
+from ray_app.templates import TemplateExists, TemplateNotFound
 
 API_PREFIX = "/api/v1"
+logger = logging.getLogger(__name__)
 
 # User errors as HTTP: the most specific class first.
 STATUS_OF: tuple[tuple[type[UserError], int, str], ...] = (
     (InvalidName, 400, "invalid name"),
+    (InvalidTemplateName, 400, "invalid name"),
     (NotFound, 404, "not found"),
+    (TemplateNotFound, 404, "not found"),
+    (ExampleNotFound, 404, "not found"),
     (Conflict, 409, "conflict"),
+    (TemplateExists, 409, "conflict"),
+    (InsightsNotReady, 409, "not ready"),
+    (InsightsError, 422, "invalid request"),
     (ConfigError, 422, "invalid config"),
     (DataError, 422, "invalid data"),
     (InvalidRequest, 422, "invalid request"),
@@ -66,7 +76,8 @@ def create_app(settings: ServerSettings | None = None, **options: Any) -> FastAP
     )
     app.state.plane = plane
     secured = [Depends(require_token)]
-    app.include_router(runs.router, prefix=API_PREFIX, dependencies=secured)
+    for router in (runs.router, templates.router, families.router, insights.router):
+        app.include_router(router, prefix=API_PREFIX, dependencies=secured)
 
     @app.get("/healthz", tags=["service"], summary="Liveness, and whether the Ray job server is reachable")
     def healthz() -> dict[str, Any]:
@@ -105,6 +116,11 @@ def create_app(settings: ServerSettings | None = None, **options: Any) -> FastAP
             for e in exc.errors()
         ]
         return error_response(422, "invalid request", problems)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("%s %s failed", request.method, request.url.path)
+        return error_response(500, "internal error", f"{type(exc).__name__}: {exc}")
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -25,12 +25,12 @@ from typing import Any
 import yaml
 
 from ray_app.runlog import log_path
-from ray_app.runs import METADATA, Run, status_from_metadata
+from ray_app.runs import METADATA, Run, run_template, status_from_metadata
 from ray_app.server.jobs import ACTIVE_STATES
 
 # Bumped whenever SCHEMA changes: an index of another version is dropped and rebuilt
 # (runs from the runs root, jobs from the cluster's records).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     name TEXT PRIMARY KEY,
@@ -112,16 +112,19 @@ def _stamp(root: Path) -> str | None:
 
 
 def _config_facts(root: Path) -> dict[str, Any]:
-    """Family, backbone, dataset and mode of a run, from its resolved config."""
-    from ray_app.config import AppConfig, run_name_parts
+    """Model family (its registry name, as /families lists them), backbone variant,
+    dataset and mode of a run, from its resolved config."""
+    from ray_app.config import AppConfig, dataset_name
+    from trainers.families import InvalidParams, family_and_params
 
     try:
         raw = yaml.safe_load((root / "config.yaml").read_text()) or {}
         cfg = AppConfig.model_validate(raw)
-    except (OSError, ValueError, yaml.YAMLError):
+        family, params = family_and_params(cfg.model.backbone)
+        variant = family.variant_name(params)
+    except (OSError, ValueError, yaml.YAMLError, InvalidParams):
         return {"family": None, "backbone": None, "dataset": None, "mode": None}
-    parts = run_name_parts(cfg)
-    return {"family": parts["family"], "backbone": parts["backbone"], "dataset": parts["dataset"], "mode": parts["mode"]}
+    return {"family": family.name, "backbone": variant, "dataset": dataset_name(cfg), "mode": cfg.training.mode}
 
 
 def summarize_run(root: Path) -> dict[str, Any]:
@@ -134,7 +137,7 @@ def summarize_run(root: Path) -> dict[str, Any]:
     meta_status, message = status_from_metadata(meta, log_path(root))
     facts = _config_facts(root)
     launch = meta.get("launch") or {}
-    template = launch.get("template")
+    template = run_template(meta)
     return {
         "launched_as": launch.get("submission_id"),
         "name": root.name,

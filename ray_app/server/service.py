@@ -31,14 +31,15 @@ from ray_app.config import (
     check_paths_exist,
     is_local_path,
     run_name,
-    run_name_parts,
     validate_model,
 )
 from ray_app.errors import UserError
 from ray_app.runs import LAUNCH_ENV
+from ray_app.templates import TemplateNotFound, TemplateStore, template_record
 from ray_app.server.index import RunIndex
 from ray_app.server.jobs import ACTIVE_STATES, JobLauncher, JobServerUnavailable
 from ray_app.server.settings import ServerSettings
+from trainers.families import family_and_params
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class ControlPlane:
         self.settings = settings
         settings.runs_root.mkdir(parents=True, exist_ok=True)
         self.index = RunIndex(settings.runs_root, settings.index_path)
+        assert settings.templates_root is not None  # ServerSettings fills it in
+        self.templates = TemplateStore(settings.templates_root)
         self.launcher = JobLauncher(settings.ray_address, settings.local_ray_cpus,
                                     settings.runs_root / ".ray-head.log")
         self._launch_lock = threading.Lock()
@@ -205,10 +208,18 @@ class ControlPlane:
         check_paths_exist(cfg)
         return cfg
 
-    def launch(self, raw: dict[str, Any], overrides: list[str], template: str | None = None) -> Launched:
+    def launch_template(self, name: str, overrides: list[str]) -> Launched:
+        """Launch a saved template (with overrides); the run records the template."""
+        template = self.templates.get(check_name(name, "template"))
+        return self.launch(template.config, overrides, template=template_record(template))
+
+    def launch(self, raw: dict[str, Any], overrides: list[str], template: dict[str, str] | None = None) -> Launched:
+        """Validate, then submit `ray-app run` as a Ray job. `template`: the record of
+        the template launched (`templates.template_record`), kept in the run."""
         cfg = self.resolve_config(raw, overrides)
         name = run_name(cfg)
-        family = str(run_name_parts(cfg)["family"])
+        family = family_and_params(cfg.model.backbone)[0].name
+        template_name = template["name"] if template else None
         with self._launch_lock:
             self._refuse_if_active(name)
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
@@ -217,15 +228,15 @@ class ControlPlane:
             config_path = self.settings.launches_dir / f"{submission_id}.yaml"
             config_path.write_text(
                 f"# ray-app run {config_path}\n# launched as Ray job {submission_id}"
-                + (f" from template {template}" if template else "") + "\n"
+                + (f" from template {template_name}" if template_name else "") + "\n"
                 + yaml.safe_dump(cfg.resolved_dict(), sort_keys=False)
             )
-            self.index.record_job(submission_id, name, template, family, str(config_path))
+            self.index.record_job(submission_id, name, template_name, family, str(config_path))
         try:
             self.launcher.submit(
                 self._entrypoint(config_path),
                 submission_id,
-                metadata={"run": name, "template": template or "", "family": family, "launched_by": "ray-app"},
+                metadata={"run": name, "template": template_name or "", "family": family, "launched_by": "ray-app"},
                 env_vars={LAUNCH_ENV: json.dumps({"submission_id": submission_id, "template": template})},
             )
         except JobServerUnavailable as exc:
@@ -234,7 +245,7 @@ class ControlPlane:
         except BaseException as exc:
             self.index.update_job(submission_id, "failed", f"submission failed: {type(exc).__name__}: {exc}")
             raise
-        return Launched(run=name, submission_id=submission_id, status="pending", template=template, family=family)
+        return Launched(run=name, submission_id=submission_id, status="pending", template=template_name, family=family)
 
     def _entrypoint(self, config_path: Path) -> str:
         # On a head of our own, the driver runs on this machine: this interpreter has
@@ -268,7 +279,13 @@ class ControlPlane:
                 raise NotFound(f"run '{name}' has no config to run again yet")
             config_file = Path(job["config_path"])
         raw = yaml.safe_load(config_file.read_text()) or {}
-        return self.launch(raw, overrides, template=row.get("template"))
+        template = None
+        if row.get("template"):
+            try:
+                template = template_record(self.templates.get(row["template"]))
+            except TemplateNotFound:  # deleted since: the run still says which it was
+                template = {"name": row["template"]}
+        return self.launch(raw, overrides, template=template)
 
     def delete_run(self, name: str) -> None:
         row = self.require_run(name)

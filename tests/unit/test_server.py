@@ -251,3 +251,56 @@ def test_compare_stop_and_delete_of_finished_runs(api: Any) -> None:
     assert not (runs / "doomed").exists()
     check(session.get(f"{url}/api/v1/runs/doomed"), 404, "not found")
     assert session.get(f"{url}/healthz").status_code == 200  # still serving after all of the above
+
+
+def test_templates_suggest_save_list_get_and_delete(api: Any) -> None:
+    url, session, runs = api
+    smoke = yaml.safe_load(SMOKE.read_text())
+    suggestion = session.post(f"{url}/api/v1/templates/suggest", json={"config": smoke, "overrides": ["training.lr=0.002"]}).json()
+    assert suggestion["name"] == "vit-h32-l2_sklearn-digits_baseline", suggestion
+    assert "LR: 0.002" in suggestion["description"] and suggestion["family"] == "vit"
+    check(session.post(f"{url}/api/v1/templates/suggest", json={"config": smoke, "overrides": ["training.epochz=1"]}),
+          422, "invalid config", "did you mean 'epochs'")
+
+    body = {"name": "smoke-t", "description": "edited by a person", "config": smoke, "overrides": ["training.epochs=3"]}
+    saved = session.post(f"{url}/api/v1/templates", json=body)
+    assert saved.status_code == 201, saved.text
+    assert saved.json()["family"] == "vit" and saved.json()["config"]["training"]["epochs"] == 3
+    check(session.post(f"{url}/api/v1/templates", json=body), 409, "conflict", "already exists")
+    assert session.post(f"{url}/api/v1/templates", json={**body, "overwrite": True}).status_code == 201
+    check(session.post(f"{url}/api/v1/templates", json={**body, "name": "../evil"}), 400, "invalid name")
+    check(session.post(f"{url}/api/v1/templates", json={**body, "name": "bad-cfg", "overrides": ["training.lr=-1", "training.epochs=0"]}),
+          422, "invalid config", "training.lr", "training.epochs")
+    templates_root = runs.parent / "templates"
+    assert sorted(p.name for p in templates_root.iterdir()) == ["smoke-t.yaml"]  # nothing half-written, no bad-cfg
+
+    listed = session.get(f"{url}/api/v1/templates").json()
+    assert [(t["name"], t["description"], t["runs"]) for t in listed] == [("smoke-t", "edited by a person", 0)]
+    assert session.get(f"{url}/api/v1/templates/smoke-t").json()["config"]["training"]["epochs"] == 3
+    check(session.get(f"{url}/api/v1/templates/ghost"), 404, "not found", "no template named 'ghost'")
+    check(session.post(f"{url}/api/v1/runs", json={"template": "ghost"}), 404, "not found")
+    assert session.delete(f"{url}/api/v1/templates/smoke-t").status_code == 204
+    check(session.delete(f"{url}/api/v1/templates/smoke-t"), 404, "not found")
+
+
+def test_families_schema_backbone_and_variants(api: Any) -> None:
+    url, session, _ = api
+    families = {f["name"]: f for f in session.get(f"{url}/api/v1/families").json()}
+    assert {"vit", "dinov2", "dinov3_vit", "bert", "pretrained"} <= set(families)
+    assert families["vit"]["variants"] == 2 and families["bert"]["variants"] == 0  # the two runs are ViTs
+    vit = session.get(f"{url}/api/v1/families/vit").json()
+    hidden = vit["params_schema"]["properties"]["hidden_size"]
+    assert hidden["default"] == 768 and hidden["description"]
+    section = session.post(f"{url}/api/v1/families/vit/backbone", json={"hidden_size": 64, "num_hidden_layers": 4,
+                                                                        "num_attention_heads": 4}).json()
+    assert section["backbone"] == {"config": {"model_type": "vit", "hidden_size": 64, "num_hidden_layers": 4,
+                                              "num_attention_heads": 4}}
+    assert section["variant"] == "vit-h64-l4" and "Heads: 4" in section["facts"]
+    check(session.post(f"{url}/api/v1/families/vit/backbone", json={"hidden_size": 65, "num_attention_heads": 4}),
+          422, "invalid config", "not a multiple")
+    variants = session.get(f"{url}/api/v1/families/vit/variants").json()
+    assert [v["variant"] for v in variants] == ["vit-h32-l2"]
+    assert {r["name"] for r in variants[0]["runs"]} == {"done_run", "other_run"}
+    check(session.get(f"{url}/api/v1/families/ghost"), 404, "not found", "no model family named 'ghost'")
+    check(session.get(f"{url}/api/v1/families/ghost/variants"), 404, "not found")
+    check(session.get(f"{url}/api/v1/runs/done_run/storyboard"), 409, "not ready", "ray-app insights done_run")

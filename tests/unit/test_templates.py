@@ -177,7 +177,7 @@ def test_a_saved_file_is_readable_yaml_and_round_trips(tmp_path: Path) -> None:
     store = TemplateStore(tmp_path)
     saved = store.save(digits_template())
     text = (tmp_path / "vit-h64-l4_sklearn-digits_baseline.yaml").read_text()
-    assert text.splitlines()[0] == "# ray-app run --template vit-h64-l4_sklearn-digits_baseline"
+    assert text.splitlines()[0] == "# ray-app submit --template vit-h64-l4_sklearn-digits_baseline"
     assert "description: 'Hidden: 64 · Layers: 4 · Heads: 4 · LR: 0.002" in text  # not escaped
     loaded = yaml.safe_load(text)
     assert list(loaded) == ["name", "description", "family", "created", "config"]

@@ -48,11 +48,9 @@ def list_runs(
              summary="Launch a run as a Ray job, from a template or a config plus overrides")
 def launch_run(request: LaunchRequest, plane: Plane) -> LaunchResponse:
     if request.template is not None:
-        name = check_name(request.template, "template")
-        raw = plane.templates.get(name).config
+        launched = plane.launch_template(request.template, request.overrides)
     else:
-        raw = request.config or {}
-    launched = plane.launch(raw, request.overrides, template=request.template)
+        launched = plane.launch(request.config or {}, request.overrides)
     return LaunchResponse(**launched.__dict__)
 
 
@@ -96,6 +94,7 @@ def get_run(name: str, plane: Plane) -> dict[str, Any]:
         "path": str(root),
         "config": _run_config(plane, name),
         "launch": meta.get("launch"),
+        "template_record": meta.get("template"),
         "stages": stages,
         "best": (stages.get("train") or {}).get("best"),
         "progress": _json(root / "train" / "progress.json"),
