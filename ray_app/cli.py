@@ -569,6 +569,90 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _templates_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["list", "show", "save", "suggest", "delete"],
+                        help="list templates; show NAME; save CONFIG; suggest CONFIG (name and description only); delete NAME")
+    parser.add_argument("target", nargs="?", help="template name (show, delete) or YAML config (save, suggest)")
+    _override_argument(parser)
+    parser.add_argument("--name", help="save: the template's name (default: the suggested one)")
+    parser.add_argument("--description", help="save: its description (default: the suggested one)")
+    parser.add_argument("--overwrite", action="store_true", help="save: replace a template of the same name")
+    parser.add_argument("--runs-root", default="./runs", help="the templates live in templates/ next to it (default ./runs)")
+    parser.add_argument("--templates-root", help="the templates directory itself (default: templates/ next to the runs root)")
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    """Templates are files: these commands work on the templates directory directly,
+    the one a control plane with the same runs root uses."""
+    from ray_app.config import apply_overrides, read_yaml_mapping, validate_config
+    from ray_app.errors import ConfigError
+    from ray_app.templates import Template, TemplateStore, render_template, suggest_template, templates_dir
+
+    store = TemplateStore(Path(args.templates_root) if args.templates_root else templates_dir(args.runs_root))
+    if args.action == "list":
+        found = store.list()
+        if not found:
+            print(f"no templates in {store.root} (save one: ray-app templates save configs/digits.yaml)")
+        for template in found:
+            print(f"{template.name:<44} {template.family or '-':<11} {template.description}")
+        return 0
+    if not args.target:
+        what = "a template name" if args.action in ("show", "delete") else "a YAML config"
+        raise UserError(f"templates {args.action} needs {what}: ray-app templates {args.action} "
+                        + ("<name>" if args.action in ("show", "delete") else "configs/digits.yaml"))
+    if args.action == "show":
+        print(render_template(store.get(args.target)), end="")
+        return 0
+    if args.action == "delete":
+        store.delete(args.target)
+        print(f"deleted template {args.target} ({store.root})")
+        return 0
+    raw = read_yaml_mapping(Path(args.target))
+    problems = apply_overrides(raw, args.override)
+    if problems:
+        raise ConfigError(problems, "overrides")
+    suggestion = suggest_template(validate_config(dict(raw), args.target))
+    if args.action == "suggest":
+        print(f"name:        {suggestion.name}\ndescription: {suggestion.description}\nfamily:      {suggestion.family}")
+        return 0
+    saved = store.save(Template(name=args.name or suggestion.name, description=args.description or suggestion.description,
+                                config=raw), overwrite=args.overwrite)
+    print(f"saved template {saved.name} ({store.path(saved.name)}): {saved.description}")
+    print(f"  launch: ray-app submit --template {saved.name}")
+    return 0
+
+
+def _families_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["list", "show"], help="list the model families, or show one's parameters")
+    parser.add_argument("name", nargs="?", help="family name (for show), e.g. vit")
+
+
+def cmd_families(args: argparse.Namespace) -> int:
+    from trainers.families import family_registry
+
+    registry = family_registry()
+    if args.action == "list":
+        for family in registry.values():
+            print(f"{family.name:<12} {family.modality:<6} {family.title:<34} variants: {family.variant_pattern}")
+        return 0
+    if not args.name:
+        raise UserError("families show needs a family name: ray-app families show vit")
+    family = registry.get(args.name)
+    if family is None:
+        raise UserError(f"no model family named '{args.name}'; families: {', '.join(registry)}")
+    info = family.info()
+    print(f"{info.title} ({info.name}, {info.modality}): {info.description}")
+    print(f"variant names: {info.variant_pattern}" + (f" · model_type {info.model_type}" if info.model_type else ""))
+    schema = info.params_schema
+    required = set(schema.get("required", []))
+    for field, spec in schema.get("properties", {}).items():
+        default = "required" if field in required else f"default {spec.get('default')!r}"
+        print(f"  {field:<28} {default:<16} {spec.get('description', '')}")
+    if schema.get("additionalProperties", True) is not False:
+        print("  (other Hugging Face config keys pass through to the model's config unchecked)")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command(
         help="every stage in order: splits, train, calibrate, evaluate, insights, export (resumable)",
@@ -647,6 +731,18 @@ COMMANDS: dict[str, Command] = {
         example="ray-app submit configs/digits.yaml -o training.lr=0.001",
         add_arguments=_submit_arguments,
         handler=cmd_submit,
+    ),
+    "templates": Command(
+        help="named, described configs kept as YAML next to the runs root: list, show, save, suggest, delete",
+        example="ray-app templates save configs/digits.yaml  |  ray-app templates list  |  ray-app templates show <name>",
+        add_arguments=_templates_arguments,
+        handler=cmd_templates,
+    ),
+    "families": Command(
+        help="the model families a config can train, and each one's parameters with defaults",
+        example="ray-app families list  |  ray-app families show vit",
+        add_arguments=_families_arguments,
+        handler=cmd_families,
     ),
     "runs": Command(
         help="list runs or show one (found by scanning the runs root)",

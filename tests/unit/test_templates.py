@@ -228,3 +228,28 @@ def test_a_run_records_the_template_that_launched_it(tmp_path: Path) -> None:
     meta = run.metadata()
     assert meta["template"]["name"] == "digits" and meta["template"]["description"] == template.description
     assert meta["name"] == run.name and meta["config_fingerprint"] == cfg.fingerprint()
+
+
+def test_templates_and_families_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ray_app.cli import main
+
+    root = ["--runs-root", str(tmp_path / "runs")]
+    assert main(["templates", "save", str(SMOKE), "-o", "training.epochs=3", "--description", "mine", *root]) == 0
+    saved = capsys.readouterr().out
+    assert "saved template vit-h32-l2_sklearn-digits_baseline" in saved and "ray-app submit --template" in saved
+    assert (tmp_path / "templates" / "vit-h32-l2_sklearn-digits_baseline.yaml").is_file()
+    assert main(["templates", "save", str(SMOKE), *root]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["templates", "list", *root]) == 0
+    assert capsys.readouterr().out.split()[:3] == ["vit-h32-l2_sklearn-digits_baseline", "vit", "mine"]
+    assert main(["templates", "show", "vit-h32-l2_sklearn-digits_baseline", *root]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["config"]["training"]["epochs"] == 3
+    assert main(["templates", "save", str(SMOKE), "-o", "training.lr=-1", "--name", "bad", *root]) == 2
+    assert "training.lr" in capsys.readouterr().err and not (tmp_path / "templates" / "bad.yaml").exists()
+    assert main(["templates", "show", "../x", *root]) == 2 and "not allowed" in capsys.readouterr().err
+
+    assert main(["families", "show", "bert"]) == 0
+    shown_family = capsys.readouterr().out
+    assert "hidden_size" in shown_family and "default 768" in shown_family
+    assert main(["families", "show", "nope"]) == 2 and "families: vit" in capsys.readouterr().err
