@@ -23,7 +23,8 @@ from starlette.exceptions import HTTPException
 from ray_app import __version__
 from ray_app.errors import ConfigError, DataError, ExampleNotFound, InsightsError, InsightsNotReady, UserError
 from ray_app.server.deps import require_token
-from ray_app.server.routers import families, insights, runs, templates
+from ray_app.server import dashboard
+from ray_app.server.routers import configs, families, insights, runs, templates
 from ray_app.server.service import Conflict, ControlPlane, InvalidName, InvalidRequest, NotFound, Unavailable
 from ray_app.server.settings import ServerSettings
 from ray_app.templates import InvalidName as InvalidTemplateName
@@ -76,8 +77,10 @@ def create_app(settings: ServerSettings | None = None, **options: Any) -> FastAP
     )
     app.state.plane = plane
     secured = [Depends(require_token)]
-    for router in (runs.router, templates.router, families.router, insights.router):
+    for router in (runs.router, templates.router, families.router, insights.router, configs.router):
         app.include_router(router, prefix=API_PREFIX, dependencies=secured)
+    app.include_router(dashboard.router)
+    app.mount("/static", dashboard.static_files, name="static")
 
     @app.get("/healthz", tags=["service"], summary="Liveness, and whether the Ray job server is reachable")
     def healthz() -> dict[str, Any]:

@@ -43,6 +43,8 @@ from trainers.families import family_and_params
 
 logger = logging.getLogger(__name__)
 
+# How long a submitted job may be unknown to the cluster before it counts as lost.
+MISSING_JOB_GRACE_S = 30.0
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
@@ -114,6 +116,9 @@ class ControlPlane:
         self.launcher = JobLauncher(settings.ray_address, settings.local_ray_cpus,
                                     settings.runs_root / ".ray-head.log")
         self._launch_lock = threading.Lock()
+        # Recorded in the index but not yet accepted by Ray: the poller must not take
+        # "no such job" for one of these as a job that vanished.
+        self._submitting: set[str] = set()
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -161,10 +166,12 @@ class ControlPlane:
         while not self._stopped.wait(self.settings.job_poll_s):
             if self.launcher.ready:
                 for job in self.index.active_jobs():
+                    if job["submission_id"] in self._submitting:
+                        continue
                     try:
                         state = self.launcher.state(job["submission_id"])
                     except Exception as exc:  # noqa: BLE001 - the next poll tries again
-                        if "does not exist" in str(exc):
+                        if "does not exist" in str(exc) and time.time() - job["created"] > MISSING_JOB_GRACE_S:
                             # The cluster has no record of it (restarted, or another cluster's):
                             # it will never finish, so it must not look pending forever.
                             self.index.update_job(job["submission_id"], "failed",
@@ -232,6 +239,7 @@ class ControlPlane:
                 + yaml.safe_dump(cfg.resolved_dict(), sort_keys=False)
             )
             self.index.record_job(submission_id, name, template_name, family, str(config_path))
+            self._submitting.add(submission_id)
         try:
             self.launcher.submit(
                 self._entrypoint(config_path),
@@ -245,6 +253,8 @@ class ControlPlane:
         except BaseException as exc:
             self.index.update_job(submission_id, "failed", f"submission failed: {type(exc).__name__}: {exc}")
             raise
+        finally:
+            self._submitting.discard(submission_id)
         return Launched(run=name, submission_id=submission_id, status="pending", template=template_name, family=family)
 
     def _entrypoint(self, config_path: Path) -> str:

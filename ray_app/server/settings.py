@@ -44,6 +44,11 @@ class ServerSettings(BaseModel):
         description=f"Bearer token every API request must carry. Unset: read from ${SERVER_TOKEN_ENV}; "
         "if that is unset too, no token is required.",
     )
+    presets_root: Path | None = Field(
+        default=None,
+        description="Directory of YAML config presets offered as starting points in the launch form. "
+        "Default: ./configs when it exists (a checkout of ray-app), else none.",
+    )
     index_refresh_s: float = Field(
         default=2.0, gt=0.0, description="How often the run index picks up runs changed on disk (seconds)."
     )
@@ -57,6 +62,10 @@ class ServerSettings(BaseModel):
         if self.templates_root is None:
             self.templates_root = self.runs_root.parent / "templates"
         self.templates_root = self.templates_root.expanduser().resolve()
+        if self.presets_root is None and Path("configs").is_dir():
+            self.presets_root = Path("configs")
+        if self.presets_root is not None:
+            self.presets_root = self.presets_root.expanduser().resolve()
         if self.token is None and os.environ.get(SERVER_TOKEN_ENV):
             self.token = SecretStr(os.environ[SERVER_TOKEN_ENV])
         return self

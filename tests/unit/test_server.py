@@ -164,7 +164,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Any:
              "t [-] ==== end: exit 0 after 1.0s ====\n")
     make_run(runs, "other_run", accuracy=0.6, family_overrides=["training.lr=0.01"])
     # A job server that is not there: nothing here may reach Ray.
-    app = create_app(runs_root=runs, ray_address="http://127.0.0.1:9", token="s3cret")
+    app = create_app(runs_root=runs, ray_address="http://127.0.0.1:9", token="s3cret", presets_root=SMOKE.parent)
     with running_server(app) as url:
         session = requests.Session()
         session.headers["Authorization"] = "Bearer s3cret"
@@ -304,3 +304,40 @@ def test_families_schema_backbone_and_variants(api: Any) -> None:
     check(session.get(f"{url}/api/v1/families/ghost"), 404, "not found", "no model family named 'ghost'")
     check(session.get(f"{url}/api/v1/families/ghost/variants"), 404, "not found")
     check(session.get(f"{url}/api/v1/runs/done_run/storyboard"), 409, "not ready", "ray-app insights done_run")
+
+
+def test_dashboard_pages_sign_in_and_offline_assets(api: Any) -> None:
+    url, _, _ = api
+    browser = requests.Session()
+    first = browser.get(f"{url}/runs/done_run", allow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"] == "/login?next=%2Fruns%2Fdone_run"
+    refused = browser.post(f"{url}/login", data={"token": "nope", "next": "/"}, allow_redirects=False)
+    assert refused.status_code == 401 and "That token is not this server" in refused.text
+    signed = browser.post(f"{url}/login", data={"token": "s3cret", "next": "//evil.example/x"}, allow_redirects=False)
+    assert signed.status_code == 303 and signed.headers["location"] == "/"  # never off-site
+    assert "httponly" in signed.headers["set-cookie"].lower()
+    page = browser.get(f"{url}/runs/done_run")
+    assert page.status_code == 200 and 'data-run="done_run"' in page.text and "/static/vendor/plotly.min.js" in page.text
+    assert "cdn" not in page.text.lower()
+    assert browser.get(f"{url}/runs/..hidden").status_code == 400
+    plotly_js = browser.get(f"{url}/static/vendor/plotly.min.js")
+    assert plotly_js.status_code == 200 and len(plotly_js.content) > 1_000_000  # the whole library, served locally
+    assert browser.get(f"{url}/static/run.js").status_code == 200
+    assert browser.get(f"{url}/api/v1/runs").status_code == 200  # the cookie opens the API too
+    for path in ("/", "/launch", "/compare?names=a,b", "/families", "/templates"):
+        assert browser.get(f"{url}{path}").status_code == 200, path
+
+
+def test_presets_and_resolving_a_config(api: Any) -> None:
+    url, session, runs = api
+    presets = {p["name"]: p for p in session.get(f"{url}/api/v1/presets").json()}
+    assert presets["digits"]["command"] == "ray-app train configs/digits.yaml"
+    assert session.get(f"{url}/api/v1/presets/smoke").json()["training"]["epochs"] == 5
+    check(session.get(f"{url}/api/v1/presets/ghost"), 404, "not found")
+    check(session.get(f"{url}/api/v1/presets/..%2Fx"), 400, "invalid name")
+    smoke = yaml.safe_load(SMOKE.read_text())
+    resolved = session.post(f"{url}/api/v1/configs/resolve", json={"config": smoke, "overrides": ["seed=3"]}).json()
+    assert resolved["run"] == "smoke_vit_baseline_s3" and resolved["config"]["storage"]["root"] == str(runs)
+    assert resolved["config"]["calibration"]["guardrail"]["center_mode"] == "auto"  # defaults filled in
+    check(session.post(f"{url}/api/v1/configs/resolve", json={"config": smoke, "overrides": ["seed=-1"]}),
+          422, "invalid config", "seed")
