@@ -93,12 +93,12 @@ export function epochTicks(epochs) {
 export function layout(title, { x = "epoch", y = "", extra = {} } = {}) {
   return {
     title: { text: title, font: { size: 14 }, x: 0, xanchor: "left" },
-    margin: { l: 60, r: 16, t: 40, b: 84 },
+    margin: { l: 60, r: 16, t: 40, b: 100 },
     font: { family: "system-ui, -apple-system, Segoe UI, sans-serif", size: 12, color: "#1f2937" },
     xaxis: { title: { text: x }, gridcolor: "#e5e7eb", zeroline: false },
     yaxis: { title: { text: y }, gridcolor: "#e5e7eb", zeroline: false },
     // Below the axis title: a legend of any length never covers the chart's title or data.
-    legend: { orientation: "h", x: 0, y: -0.22, yanchor: "top", font: { size: 11 } },
+    legend: { orientation: "h", x: 0, y: -0.36, yanchor: "top", font: { size: 11 } },
     paper_bgcolor: "#ffffff",
     plot_bgcolor: "#ffffff",
     hovermode: "closest",

@@ -73,6 +73,7 @@ function drawCharts(rows) {
     const epochs = (detail && detail.config && detail.config.training && detail.config.training.epochs) || rows.length || 1;
     const chartLayout = layout(chart.title, { y: chart.y, extra: { showlegend: chart.series.length > 1 } });
     Object.assign(chartLayout.xaxis, epochTicks(epochs), { range: [0.5, epochs + 0.5] });
+    if (chart.series.length === 1) chartLayout.margin.b = 56;  // no legend below to make room for
     Plotly.newPlot(id, traces, chartLayout, PLOT_CONFIG);
   }
 }
@@ -184,7 +185,7 @@ function showCalibration(views) {
   }));
   Plotly.newPlot("chart-risk", [{ x: risk.curve.map((p) => p.coverage), y: risk.curve.map((p) => p.selective_risk), mode: "lines",
     name: "threshold sweep", line: { color: PALETTE[0] } }, ...points],
-  layout("Risk vs coverage", { x: "coverage", y: "selective risk (errors among accepted)" }), PLOT_CONFIG);
+  layout("Risk vs coverage (risk: errors among accepted)", { x: "coverage", y: "selective risk" }), PLOT_CONFIG);
 }
 
 const COLORS = { accept: "#16a34a", assist: "#ca8a04", abstain: "#dc2626", true: "#2563eb", false: "#dc2626" };
