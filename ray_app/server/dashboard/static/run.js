@@ -275,6 +275,17 @@ document.getElementById("map-color").addEventListener("change", () => showMap().
 document.getElementById("map-method").addEventListener("change", () => showMap().catch((e) => toast(e.message, "error")));
 window.addEventListener("beforeunload", () => streams.forEach((s) => s.close()));
 
-await refresh();
-await Promise.all([followMetrics(), followLog()]);
-setInterval(() => { if (!detail || ACTIVE.has(detail.status)) refresh().catch(() => {}); }, 2000);
+async function main() {
+  try {
+    await refresh();
+  } catch (error) {
+    const message = document.getElementById("run-message");
+    message.hidden = false;
+    message.textContent = error.status === 404 ? `${error.message}. All runs are on the Runs page.` : error.message;
+    return;
+  }
+  await Promise.all([followMetrics(), followLog()]);
+  setInterval(() => { if (!detail || ACTIVE.has(detail.status)) refresh().catch(() => {}); }, 2000);
+}
+
+main();
