@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from calibration.config import CalibrationConfig
-from ray_app.errors import ConfigError
-from trainers.config import ModelConfig, ScalingConfig, StrictModel, TrainingConfig
+from ray_app.errors import ConfigError, DataError, UserError
+from trainers.config import BackboneConfig, ModelConfig, ScalingConfig, StrictModel, TrainingConfig
+from trainers.families import family_and_params
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -64,6 +65,20 @@ class SourceConfig(StrictModel):
         if self.kind in IMAGE_SOURCES or (self.kind == "parquet" and self.image_column):
             return "image"
         return "text"
+
+
+def is_local_path(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def check_local_path(path: str, what: str) -> None:
+    """A local data path that is not there, as a DataError naming it (URIs are left to
+    the reader)."""
+    if is_local_path(path) and not Path(path.removeprefix("file://")).exists():
+        raise DataError(
+            f"data.source.path '{path}' does not exist ({what}); check the path, "
+            "relative paths are resolved from the current directory"
+        )
 
 
 class SplitRatios(StrictModel):
@@ -126,13 +141,90 @@ class RayInitConfig(StrictModel):
     )
 
 
+class ReferenceConfig(StrictModel):
+    enabled: bool = Field(
+        default=True,
+        description="Fit a linear reference model (scikit-learn logistic regression: TF-IDF "
+        "for text, raw pixels for images) on train and report its val_test accuracy next "
+        "to the run's.",
+    )
+    c_values: list[float] = Field(
+        default=[0.1, 1.0, 10.0],
+        min_length=1,
+        description="Inverse regularisation strengths C tried; the one with the best "
+        "val_select accuracy is kept (val_test never chooses).",
+    )
+    max_train_rows: int = Field(
+        default=20_000,
+        ge=10,
+        description="Fit on at most this many train rows (a seeded sample beyond that): a "
+        "reference, not a second training run.",
+    )
+    image_side: int = Field(
+        default=32,
+        ge=4,
+        description="Images are resized to at most this side (never up) before their pixels "
+        "become features, so a 224-pixel backbone does not give 150,000 features.",
+    )
+
+    @field_validator("c_values")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if any(c <= 0 for c in values):
+            raise ValueError("C values must be > 0")
+        return values
+
+
+class InsightsConfig(StrictModel):
+    enabled: bool = Field(
+        default=True,
+        description="Compute the run's insights after evaluation: feature map of val_test, "
+        "storyboard, reference model.",
+    )
+    max_points: int = Field(
+        default=5000,
+        ge=10,
+        description="Most val_test rows on the feature map; beyond that a seeded sample "
+        "(by row id, so the same rows for the same seed).",
+    )
+    seed: int = Field(default=0, ge=0, description="Seed of the map's row sample and of t-SNE.")
+    examples_per_category: int = Field(
+        default=6, ge=1, le=100, description="Examples the storyboard shows per outcome."
+    )
+    confused_pairs: int = Field(
+        default=5, ge=1, le=100, description="Most confused class pairs the storyboard lists."
+    )
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig, description="The linear reference model.")
+
+
+class BudgetConfig(StrictModel):
+    benchmark_steps: int = Field(
+        default=5,
+        ge=1,
+        le=200,
+        description="Training steps timed by the compute budget's micro-benchmark on this "
+        "machine (the median step time, times the steps of an epoch, is the estimate).",
+    )
+    warmup_steps: int = Field(
+        default=2,
+        ge=0,
+        le=50,
+        description="Steps run before the timed ones (allocations, kernel choice), not timed.",
+    )
+    cache_dir: str | None = Field(
+        default=None,
+        description="Where budgets are cached (default <storage.root>/.cache/budget): "
+        "asking again for the same data, preprocessing and model costs nothing.",
+    )
+
+
 class AppConfig(StrictModel):
     seed: int = Field(default=0, ge=0, description="Seed for splits, initialisation and shuffling.")
     name_pattern: str = Field(
         default="{dataset}_{family}_{mode}_lr{training.lr}_s{seed}",
         description="Run directory name. Placeholders: {dataset}, {family} (backbone "
-        "model_type), {backbone}, {mode}, {seed}, or any dotted config path such as "
-        "{training.lr}.",
+        "model_type), {backbone} (the model family's variant name, e.g. vit-h64-l4), "
+        "{mode}, {seed}, or any dotted config path such as {training.lr}.",
     )
     data: DataConfig = Field(default_factory=DataConfig, description="Dataset and splits.")
     model: ModelConfig = Field(description="Backbone, head and preprocessing.")
@@ -140,6 +232,12 @@ class AppConfig(StrictModel):
     scaling: ScalingConfig = Field(default_factory=ScalingConfig, description="Ray Train workers.")
     calibration: CalibrationConfig = Field(
         default_factory=CalibrationConfig, description="Temperature, decision rules and the policy."
+    )
+    insights: InsightsConfig = Field(
+        default_factory=InsightsConfig, description="What the run shows after evaluation (feature map, storyboard, reference)."
+    )
+    budget: BudgetConfig = Field(
+        default_factory=BudgetConfig, description="The compute budget estimated before training."
     )
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Where runs live.")
     ray: RayInitConfig = Field(default_factory=RayInitConfig, description="How to reach Ray.")
@@ -215,17 +313,40 @@ def _placeholder_ok(cfg: AppConfig, field: str) -> bool:
     return True
 
 
-def _backbone_names(cfg: AppConfig) -> tuple[str, str]:
-    """(family, backbone) for the name pattern: e.g. ('vit', 'vit-h64-l4')."""
-    backbone = cfg.model.backbone
-    if backbone.config is not None:
-        family = str(backbone.config["model_type"])
-        hidden = backbone.config.get("hidden_size")
-        layers = backbone.config.get("num_hidden_layers")
-        size = "".join(s for s in (f"-h{hidden}" if hidden else "", f"-l{layers}" if layers else ""))
-        return family, f"{family}{size}"
-    short = Path(str(backbone.id).rstrip("/")).name
-    return short.split("-")[0].lower(), short
+def backbone_names(cfg: AppConfig) -> tuple[str, str]:
+    """(family, backbone) for the name pattern, both from the backbone's model family:
+    its architecture and its variant name, e.g. ('vit', 'vit-h64-l4'), or for a local
+    MiniLM directory ('bert', 'all-MiniLM-L6-v2')."""
+    family, params = family_and_params(cfg.model.backbone)
+    return family.architecture(params), family.variant_name(params)
+
+
+def dataset_name(cfg: AppConfig) -> str:
+    """The data's short name in run names: the source kind for the built-in digits,
+    else the file or directory name without its suffix."""
+    if cfg.data.source.kind == "sklearn_digits":
+        return cfg.data.source.kind
+    return Path(str(cfg.data.source.path).rstrip("/")).stem
+
+
+def check_paths_exist(cfg: AppConfig) -> None:
+    """The local paths a config names, checked before anything heavy is imported or
+    started, so a wrong path is answered at once: the data, a tokenizer directory, and a
+    backbone given as an explicit local path (a bare `org/name` may be a hub id)."""
+    if cfg.data.source.path is not None:
+        check_local_path(cfg.data.source.path, f"the {cfg.data.source.kind} data")
+    tokenizer = cfg.model.preprocessing.tokenizer
+    if tokenizer is not None and not Path(tokenizer).is_dir():
+        raise UserError(
+            f"model.preprocessing.tokenizer '{tokenizer}' is not a directory (relative paths are "
+            "resolved from the current directory)"
+        )
+    backbone = cfg.model.backbone.id
+    if backbone is not None and backbone.startswith(("/", "./", "../", "~")) and not Path(backbone).expanduser().is_dir():
+        raise UserError(
+            f"model.backbone.id '{backbone}' is not a directory; give the local directory of a "
+            "Hugging Face model (config.json and weights)"
+        )
 
 
 def _format_value(value: Any) -> str:
@@ -234,17 +355,20 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def run_name(cfg: AppConfig) -> str:
-    family, backbone = _backbone_names(cfg)
-    derived = {
-        "dataset": cfg.data.source.kind
-        if cfg.data.source.kind == "sklearn_digits"
-        else Path(str(cfg.data.source.path).rstrip("/")).stem,
+def run_name_parts(cfg: AppConfig) -> dict[str, Any]:
+    """The derived placeholders of `name_pattern`: dataset, family, backbone, mode, seed."""
+    family, backbone = backbone_names(cfg)
+    return {
+        "dataset": dataset_name(cfg),
         "family": family,
         "backbone": backbone,
         "mode": cfg.training.mode,
         "seed": cfg.seed,
     }
+
+
+def run_name(cfg: AppConfig) -> str:
+    derived = run_name_parts(cfg)
     full = cfg.model_dump(mode="json")
 
     def substitute(match: re.Match[str]) -> str:

@@ -26,3 +26,17 @@ class DataError(UserError):
 class SplitContractError(RuntimeError):
     """A stage tried to read a split the split contract forbids it. This is a bug in the
     caller, not a user error, so it is not a UserError: it must fail loudly."""
+
+
+class InsightsError(UserError):
+    """A request for a run's insights that cannot be answered as asked: an unknown
+    projection method, bad parameters, an unknown colouring (a 422 to an HTTP client)."""
+
+
+class InsightsNotReady(UserError):
+    """The run has not produced what was asked for yet (no insights, no calibration
+    views), or they are older than its model; the message says which command makes them."""
+
+
+class ExampleNotFound(UserError):
+    """No val_test example of the run has this id (a 404 to an HTTP client)."""

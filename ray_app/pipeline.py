@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,20 +27,22 @@ from calibration.evaluate import evaluate_under_policy
 from calibration.guardrail import tune_guardrail
 from calibration.metrics import calibration_summary, probabilities
 from calibration.policy import Policy
-from calibration.report import reliability_diagram, risk_coverage_curve, write_report
+from calibration.report import draw_views, write_report
 from calibration.risk_control import learn_then_test
 from calibration.temperature import CalibrationError, fit_temperature
 from calibration.threshold import candidate_thresholds, choose_threshold, sweep_thresholds
-from ray_app.config import AppConfig
+from calibration.views import calibration_views
+from ray_app.config import AppConfig, backbone_names
+from ray_app.console import Console
 from ray_app.errors import UserError
-from ray_app.runs import Run, library_versions, resolve_run
+from ray_app.runs import STAGES, Run, library_versions, resolve_run
 from ray_app.sources import inspect_rows, raise_on_bad_rows, read_source
 from ray_app.splits import SplitReader, check_access, plan_splits, write_splits
 from serve.bundle import export_bundle, load_bundle
 from trainers.baseline import LoopParams, fit_baseline
 from trainers.checkpoint import selected_model
-from trainers.model import WEIGHTS_FILE, InitBackbone, backbone_mismatch, build_classifier, save_classifier
-from trainers.predict import predict_logits
+from trainers.model import WEIGHTS_FILE, InitBackbone, backbone_mismatch, build_classifier, file_sha256, save_classifier
+from trainers.predict import predict_outputs
 from trainers.preprocess import (
     ImageSpec,
     TextSpec,
@@ -52,15 +55,16 @@ from trainers.preprocess import (
 FAIL_AT_EPOCH_ENV = "RAY_APP_FAIL_AT_EPOCH"
 API_SERVER_ADDRESS_ENV = "RAY_API_SERVER_ADDRESS"  # read by Ray's state API
 
-STAGES = ("splits", "train", "calibrate", "evaluate", "export")
 _TRAINED_ON = ("seed", "data", "model", "training", "scaling")
 # The config sections each stage's output depends on: a stage whose sections did not
-# change is still valid (changing calibration.policy does not retrain).
+# change is still valid (changing calibration.policy does not retrain; changing
+# insights.* recomputes the insights only).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "splits": ("seed", "data"),
     "train": _TRAINED_ON,
     "calibrate": (*_TRAINED_ON, "calibration"),
     "evaluate": (*_TRAINED_ON, "calibration"),
+    "insights": (*_TRAINED_ON, "calibration", "insights"),
     "export": (*_TRAINED_ON, "calibration"),
 }
 
@@ -254,11 +258,16 @@ def run_training(
     reader: SplitReader,
     prepared: dict[str, ray.data.Dataset] | None = None,
     train_callbacks: list[Any] | None = None,
+    record_budget: bool = False,
 ) -> dict[str, Any]:
-    """Train on Ray Train, keep the selected model, export val_calib / val_test logits.
+    """Train on Ray Train, keep the selected model, export val_calib / val_test logits
+    (and val_test's pooled features and row ids, for the run's insights).
 
     A sweep passes `prepared` (its trials share one preprocessed copy of the splits)
-    and `train_callbacks` (Ray Train callbacks, e.g. the one reporting to Tune)."""
+    and `train_callbacks` (Ray Train callbacks, e.g. the one reporting to Tune).
+    `record_budget`: estimate the epoch time first (`ray_app.budget`, cached) and
+    record it with the measured one; a sweep's trials leave it off, since they share
+    the machine with each other and the estimate would time the contention."""
     summary = reader.summary()
     label_names: list[str] = summary["label_names"]
     spec = resolve_input_spec(cfg)
@@ -267,6 +276,20 @@ def run_training(
     with run.stage("train", stage_fingerprint(cfg, "train")) as details:
         # A new training never resumes an older one's checkpoints.
         shutil.rmtree(run.train_dir, ignore_errors=True)
+        budget = None
+        if record_budget:
+            from ray_app.budget import compute_budget
+
+            started = time.monotonic()
+            budget = compute_budget(cfg, reader)
+            run.train_dir.mkdir(parents=True)
+            _write_json(run.train_dir / "budget.json", budget)
+            details["budget"] = {
+                "key": budget["key"], "cached": budget["cached"], "seconds": round(time.monotonic() - started, 3),
+                "epoch_train_seconds": budget["estimate"]["epoch_train_seconds"],
+                "flops_per_epoch": budget["flops"]["per_epoch"],
+                "parameters": budget["parameters"]["total"], "trainable": budget["parameters"]["trainable"],
+            }
         datasets = prepared if prepared is not None else prepare_training_data(cfg, reader)
         params = LoopParams(
             model=cfg.model,
@@ -309,14 +332,17 @@ def run_training(
         )
         predictions_dir = run.train_dir / "predictions"
         predictions_dir.mkdir(parents=True, exist_ok=True)
-        predictions = predict_logits(
+        outputs = predict_outputs(
             {s: reader.read(s, "predict") for s in ("val_calib", "val_test")},
             spec,
             model_dir,
             cfg.training.eval_batch_size,
+            features=True,
+            keep=("content_hash", "ref"),
         )
-        for split, (logits, labels) in predictions.items():
-            np.savez(predictions_dir / f"{split}.npz", logits=logits, labels=labels)
+        calib = outputs["val_calib"]
+        np.savez(predictions_dir / "val_calib.npz", logits=calib["logits"], labels=calib["labels"])
+        save_val_test_predictions(outputs["val_test"], predictions_dir / "val_test.npz", model_dir)
 
         best_row = next(r for r in fit.history if r["epoch"] == fit.best_epoch)
         details.update(
@@ -324,10 +350,47 @@ def run_training(
             best_epoch=fit.best_epoch,
             best={k: v for k, v in best_row.items() if k.startswith("val_select/")},
             resumed_at=fit.resumed_at,
-            predictions={s: list(lg.shape) for s, (lg, _) in predictions.items()},
+            predictions={s: list(out["logits"].shape) for s, out in outputs.items()},
             reads={stage: sorted(splits) for stage, splits in reader.reads.items()},
         )
+        if budget is not None:
+            details["epoch_seconds"] = epoch_seconds(budget["estimate"]["epoch_train_seconds"], fit.history)
     return run.stage_info("train")
+
+
+def save_val_test_predictions(out: dict[str, np.ndarray], path: Path, model_dir: Path) -> None:
+    """val_test's logits and labels, with what the run's insights need beside them: the
+    pooled features, a stable id per row and its content hash, and the sha256 of the
+    weights that produced them. Rows are sorted by id, so the file does not depend on
+    the order Ray Data returned them in."""
+    from ray_app.insights.outcomes import unique_row_ids
+
+    ids = unique_row_ids(out["content_hash"], out["labels"], out["ref"])
+    order = np.argsort(ids, kind="stable")
+    np.savez(
+        path,
+        logits=out["logits"][order],
+        labels=out["labels"][order],
+        features=out["features"][order],
+        ids=ids[order],
+        content_hashes=np.asarray(out["content_hash"], dtype=str)[order],
+        model_sha256=np.array(file_sha256(model_dir / WEIGHTS_FILE)),
+    )
+
+
+def epoch_seconds(estimated: float, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The estimated epoch time beside the measured one (metrics' train/seconds: the
+    training steps of an epoch). The first epoch streams from Ray Data and warms up,
+    so the comparison uses the median of the later ones (the first when it is all)."""
+    measured = [float(r["train/seconds"]) for r in history]
+    later = measured[1:] or measured
+    median = float(np.median(later)) if later else None
+    return {
+        "estimated": round(estimated, 4),
+        "measured_median": None if median is None else round(median, 4),
+        "measured_first": round(measured[0], 4) if measured else None,
+        "ratio": None if not median or not estimated else round(median / estimated, 3),
+    }
 
 
 # --- calibrate --------------------------------------------------------------------------
@@ -430,14 +493,17 @@ def run_calibration(cfg: AppConfig, run: Run) -> dict[str, Any]:
         results["policy"] = policy.model_dump()
         (tmp / "policy.json").write_text(policy.model_dump_json(indent=2) + "\n")
         uncalibrated = probabilities(logits)
-        reliability_diagram(
-            (uncalibrated.max(axis=1), uncalibrated.argmax(axis=1) == labels),
-            (confidence, correct),
-            tmp / "reliability.png",
-            ccfg.ece_bins,
+        views = calibration_views(
+            uncalibrated=(uncalibrated.max(axis=1), uncalibrated.argmax(axis=1) == labels),
+            calibrated=(confidence, correct),
+            policy=policy,
+            sweep=sweep,
+            marks=marks,
+            guardrail=results.get("guardrail"),
+            n_bins=ccfg.ece_bins,
         )
-        risk_coverage_curve(sweep, marks, tmp / "risk_coverage.png")
-        write_report(tmp, results)
+        _write_json(tmp / "views.json", views)
+        write_report(tmp, results, draw_views(views, tmp))
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         details.update(
@@ -495,6 +561,29 @@ def run_evaluation(cfg: AppConfig, run: Run) -> dict[str, Any]:
     return metrics
 
 
+# --- insights ---------------------------------------------------------------------------
+
+
+def run_insights(cfg: AppConfig, run: Run) -> dict[str, Any]:
+    """What the model learned and where it fails, on val_test: the outcome of every row,
+    the meaning map (PCA, cached; other projections on demand), the storyboard, and a
+    linear reference model for comparison (`ray_app.insights`)."""
+    from ray_app.insights.build import build_insights
+
+    if not cfg.insights.enabled:
+        with run.stage("insights", stage_fingerprint(cfg, "insights")) as details:
+            shutil.rmtree(run.root / "insights", ignore_errors=True)
+            details.update(disabled=True)
+        return run.stage_info("insights")
+    spec = resolve_input_spec(cfg)
+    image_size = spec.image_size if isinstance(spec, ImageSpec) else None
+    channels = spec.num_channels if isinstance(spec, ImageSpec) else 1
+    description = f"{backbone_names(cfg)[1]} {cfg.training.mode}"
+    with run.stage("insights", stage_fingerprint(cfg, "insights")) as details:
+        details.update(build_insights(cfg, run, description, image_size, channels))
+    return run.stage_info("insights")
+
+
 # --- export -----------------------------------------------------------------------------
 
 
@@ -529,28 +618,39 @@ def run_export(cfg: AppConfig, run: Run) -> dict[str, Any]:
 # --- everything -------------------------------------------------------------------------
 
 
-def run_pipeline(cfg: AppConfig, run: Run, echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_pipeline(cfg: AppConfig, run: Run, console: Console | None = None) -> dict[str, Any]:
     """Every stage in order. A stage complete for the same config is skipped, until one
-    stage runs: everything after it then runs too (its inputs changed)."""
+    stage runs: everything after it then runs too (its inputs changed). `console`
+    shows each stage (status, training progress, one line at its end)."""
+    console = console or Console.silent()
     rerun = False
     reader: SplitReader | None = None
+    total = len(STAGES)
     for number, stage in enumerate(STAGES, start=1):
-        prefix = f"[{number}/{len(STAGES)}] {stage:<9}"
         if not rerun and run.stage_complete(stage, stage_fingerprint(cfg, stage)):
-            echo(f"{prefix} complete for this config, skipped")
+            console.skipped(number, total, stage)
             continue
         rerun = True
-        echo(f"{prefix} running")
-        if stage == "splits":
-            reader = ensure_splits(cfg, run, force=True)
-        elif stage == "train":
-            reader = reader or ensure_splits(cfg, run)
-            run_training(cfg, run, reader)
-        elif stage == "calibrate":
-            run_calibration(cfg, run)
-        elif stage == "evaluate":
-            run_evaluation(cfg, run)
-        else:
-            run_export(cfg, run)
-        echo(f"{prefix} done in {run.stage_info(stage)['seconds']:.1f}s")
+        heading = training_heading(cfg) if stage == "train" else None
+        with console.stage(number, total, stage, run, heading):
+            if stage == "splits":
+                reader = ensure_splits(cfg, run, force=True)
+            elif stage == "train":
+                reader = reader or ensure_splits(cfg, run)
+                run_training(cfg, run, reader, record_budget=True)
+            elif stage == "calibrate":
+                run_calibration(cfg, run)
+            elif stage == "evaluate":
+                run_evaluation(cfg, run)
+            elif stage == "insights":
+                run_insights(cfg, run)
+            else:
+                run_export(cfg, run)
     return run.metadata()["stages"]
+
+
+def training_heading(cfg: AppConfig) -> str:
+    workers = cfg.scaling.num_workers
+    device = "GPU" if cfg.scaling.use_gpu else "CPU"
+    return (f"{cfg.training.mode}, up to {cfg.training.epochs} epochs on {workers} {device} "
+            f"worker{'s' if workers > 1 else ''}")

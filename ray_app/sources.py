@@ -22,7 +22,7 @@ import numpy as np
 import ray.data
 from PIL import Image
 
-from ray_app.config import SourceConfig
+from ray_app.config import SourceConfig, check_local_path, is_local_path
 from ray_app.errors import DataError
 
 IMAGE_EXTENSIONS = ["png", "jpg", "jpeg", "bmp", "gif", "webp"]
@@ -31,25 +31,6 @@ MAX_ERRORS_SHOWN = 10
 
 def content_column(source: SourceConfig) -> str:
     return "image" if source.modality == "image" else "text"
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
-
-
-def _check_local_path(path: str, what: str) -> None:
-    local = Path(path.removeprefix("file://"))
-    if _is_local(path) and not local.exists():
-        raise DataError(
-            f"data.source.path '{path}' does not exist ({what}); check the path, "
-            "relative paths are resolved from the current directory"
-        )
-
-
-def check_source_exists(source: SourceConfig) -> None:
-    """Fail fast, before Ray starts, on a local data path that is not there."""
-    if source.path is not None:
-        _check_local_path(source.path, f"the {source.kind} data")
 
 
 def encoded_digits() -> tuple[list[bytes], np.ndarray]:
@@ -94,7 +75,7 @@ def _require_columns(ds: ray.data.Dataset, source: SourceConfig, needed: dict[st
 
 def _tabular_dataset(source: SourceConfig) -> ray.data.Dataset:
     assert source.path is not None
-    _check_local_path(source.path, f"a {source.kind} file or directory")
+    check_local_path(source.path, f"a {source.kind} file or directory")
     try:
         if source.kind == "parquet":
             ds = ray.data.read_parquet(source.path, include_paths=True)
@@ -133,9 +114,9 @@ def _label_text(value: Any) -> str:
 
 def _image_folder_dataset(source: SourceConfig) -> ray.data.Dataset:
     assert source.path is not None
-    _check_local_path(source.path, "an image_folder root with one subdirectory per class")
+    check_local_path(source.path, "an image_folder root with one subdirectory per class")
     root = Path(source.path)
-    if _is_local(source.path):
+    if is_local_path(source.path):
         classes = [d for d in sorted(root.iterdir()) if d.is_dir()] if root.is_dir() else []
         if not classes:
             raise DataError(

@@ -34,11 +34,20 @@ SPLITS_FORMAT_VERSION = 1
 # post-training "predict" step only runs the chosen, frozen model over val_calib and
 # val_test to export their logits; calibration fits on val_calib alone; evaluation
 # reports on val_test alone.
+# "insights" shows what the final model does on val_test (example contents for the
+# meaning map and the storyboard): it reports, like evaluation, and chooses nothing, so
+# it reads val_test alone. "reference" is the linear baseline the run is compared with:
+# it is trained like the deep model (fit on train, its one setting chosen on
+# val_select) and scored once on val_test like evaluation; it never sees val_calib.
+# "budget" sizes an epoch before training: it reads exactly what training will read.
 STAGE_SPLITS: dict[str, frozenset[str]] = {
     "train": frozenset({"train", "val_select"}),
     "predict": frozenset({"val_calib", "val_test"}),
     "calibrate": frozenset({"val_calib"}),
     "evaluate": frozenset({"val_test"}),
+    "insights": frozenset({"val_test"}),
+    "reference": frozenset({"train", "val_select", "val_test"}),
+    "budget": frozenset({"train", "val_select"}),
 }
 
 
@@ -241,6 +250,19 @@ class SplitReader:
         if split not in self.reads[stage]:
             self.reads[stage].append(split)
         return ray.data.read_parquet(str((self.splits_dir / split).resolve()))
+
+    def read_table(
+        self, split: str, stage: str, columns: list[str] | None = None, filters: list[tuple[str, str, Any]] | None = None
+    ) -> Any:
+        """The same contract, read in this process as a pyarrow Table: for small reads
+        (one example, a text column) where starting Ray Data would cost more than the
+        read itself, e.g. in a web server that shows one example."""
+        import pyarrow.parquet as pq
+
+        check_access(split, stage)
+        if split not in self.reads[stage]:
+            self.reads[stage].append(split)
+        return pq.read_table(self.splits_dir / split, columns=columns, filters=filters)
 
 
 def check_access(split: str, stage: str) -> None:

@@ -23,13 +23,16 @@ import copy
 import csv
 import difflib
 import json
+import logging
 import math
 import os
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, get_args
 
+import ray.train
 import yaml
 from filelock import FileLock
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -276,6 +279,24 @@ def sweep_name_pattern(base_pattern: str, keys: list[str]) -> str:
 # --- the trial ------------------------------------------------------------------------
 
 
+class EpochsToRunLog(ray.train.UserCallback):
+    """Each reported epoch as one line in the trial run's log. Ray Train calls it on its
+    controller, wherever that runs: the run directory is shared storage, so the line
+    lands next to the run's metrics."""
+
+    def __init__(self, log_file: str, epochs: int) -> None:
+        self.log_file, self.epochs = log_file, epochs
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        from ray_app.console import epoch_line
+        from ray_app.runlog import LogSink
+
+        if metrics and "train/loss" in metrics[0]:
+            sink = LogSink(Path(self.log_file))
+            sink.write(epoch_line(metrics[0], self.epochs).strip(), stage="train")
+            sink.close()
+
+
 def _sweep_trial(
     values: dict[str, Any],
     base_raw: dict[str, Any],
@@ -289,6 +310,7 @@ def _sweep_trial(
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ray_app.pipeline import adopt_splits, run_training, stage_fingerprint
+    from ray_app.runlog import END_MARK, START_MARK, LogSink, SinkHandler, log_path
     from ray_app.runs import Run
     from ray_app.splits import SplitReader
 
@@ -298,15 +320,35 @@ def _sweep_trial(
         os.chdir(working_dir)
     cfg = validate_config(trial_config(base_raw, values, name_pattern), "sweep trial")
     run = Run.for_config(cfg)
-    # Two trials can resolve to one config (a grid repeated by num_samples): the second
-    # waits for the first and reports its finished history instead of training again.
-    with FileLock(str(Path(lock_dir) / f"{run.name}.lock")):
-        if run.stage_complete("train", stage_fingerprint(cfg, "train")):
-            for line in (run.train_dir / "metrics.jsonl").read_text().splitlines():
-                tune.report({**json.loads(line), "cached": True})
-            return
-        reader = adopt_splits(cfg, run, SplitReader(Path(splits_dir)))
-        run_training(cfg, run, reader, prepared=prepared, train_callbacks=[TuneReportCallback()])
+    # The trial's own records (its Ray Train driver, errors) go to its run's log; its
+    # workers' output reaches the sweep's log through Ray's forwarding to the driver.
+    sink = LogSink(log_path(run.root), ready=run.exists)
+    sink.stage = "train"
+    handler = SinkHandler(sink)
+    logging.getLogger().addHandler(handler)
+    sink.write(f"{START_MARK}: sweep trial {values} · pid {os.getpid()} ====", stage="-")
+    try:
+        # Two trials can resolve to one config (a grid repeated by num_samples): the second
+        # waits for the first and reports its finished history instead of training again.
+        with FileLock(str(Path(lock_dir) / f"{run.name}.lock")):
+            if run.stage_complete("train", stage_fingerprint(cfg, "train")):
+                for line in (run.train_dir / "metrics.jsonl").read_text().splitlines():
+                    tune.report({**json.loads(line), "cached": True})
+                return
+            reader = adopt_splits(cfg, run, SplitReader(Path(splits_dir)))
+            sink.write(f"the sweep's shared splits: {splits_dir}", stage="splits")  # the run exists: log from here on
+            # The log line first: once Tune has the report, ASHA may end the trial at once.
+            epochs_logged = EpochsToRunLog(str(log_path(run.root).resolve()), cfg.training.epochs)
+            run_training(cfg, run, reader, prepared=prepared, train_callbacks=[epochs_logged, TuneReportCallback()])
+    except BaseException as exc:
+        sink.write("".join(traceback.format_exception(exc)).rstrip(), stage="error")
+        sink.write(f"{END_MARK}: {type(exc).__name__} ====", stage="-")
+        raise
+    else:
+        sink.write(f"{END_MARK}: trial done ====", stage="-")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        sink.close()
 
 
 # --- the driver -----------------------------------------------------------------------
@@ -390,6 +432,15 @@ class SweepProgress(tune.Callback):
         self.run_names = run_names
         self.names: dict[str, str] = {}  # trial id -> run name: resolved once, not per epoch
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment state; the echo writes to this
+        # driver's console, which means nothing anywhere else.
+        return {**self.__dict__, "echo": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.echo = self.echo or (lambda line: None)
+
     def _name(self, trial: Any) -> str:
         if trial.trial_id not in self.names:
             self.names[trial.trial_id] = self.run_names(trial.config)
@@ -453,6 +504,10 @@ def _write_outputs(
     return best_path, table
 
 
+def sweep_directory(cfg: AppConfig, name: str) -> Path:
+    return Path(cfg.storage.root) / "sweeps" / name
+
+
 def run_sweep(
     cfg: AppConfig,
     base_raw: dict[str, Any],
@@ -466,9 +521,10 @@ def run_sweep(
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from ray_app.pipeline import prepare_training_data, write_shared_splits
+    from ray_app.runlog import LogSink, log_path
     from ray_app.runs import Run
 
-    directory = Path(cfg.storage.root) / "sweeps" / name
+    directory = sweep_directory(cfg, name)
     directory.mkdir(parents=True, exist_ok=True)
     keys = list(sweep.space)
     metric = sweep.metric or cfg.training.early_stopping.metric
@@ -538,7 +594,10 @@ def run_sweep(
     # Runs ASHA stopped never left their train stage: record why, so `runs list` says so.
     for row in rows:
         if row.status.startswith("stopped"):
-            Run(Path(cfg.storage.root) / row.run).mark_stage("train", "stopped", f"{row.status} after {row.epochs_run} epoch(s)")
+            stopped = Run(Path(cfg.storage.root) / row.run)
+            reason = f"{row.status} after {row.epochs_run} epoch(s)"
+            stopped.mark_stage("train", "stopped", reason)
+            LogSink(log_path(stopped.root)).write(f"{reason}: the error above is the scheduler ending the trial", "train")
     scored = [r for r in rows if r.best_value is not None]
     if not scored:
         errors = [str(r.error) for r in results if r.error is not None]

@@ -1,1 +1,2 @@
-"""Bundle export / load / verify and the Ray Serve deployment (issue 4)."""
+"""Bundles (export, verify, load) and the Ray Serve application that answers with
+calibrated confidences and decisions. Never imports ray_app."""

@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
+PROGRESS_JSON = "progress.json"
 
 
 @dataclass
@@ -121,6 +122,36 @@ def write_metrics_history(history: list[dict[str, Any]], directory: Path) -> Non
         writer.writeheader()
         writer.writerows(history)
     csv_tmp.replace(directory / METRICS_CSV)
+
+
+class ProgressFile:
+    """Rank 0's position inside the current epoch (`progress.json` next to the metrics),
+    for the console's progress bar and anyone watching the run: rewritten atomically,
+    at most every `interval_s`, so a step costs nothing measurable."""
+
+    def __init__(self, directory: Path, epochs: int, steps: int, interval_s: float = 0.5) -> None:
+        self.path = directory / PROGRESS_JSON
+        self.epochs, self.steps, self.interval_s = epochs, steps, interval_s
+        self.epoch_started = time.time()
+        self.last_write = 0.0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch_started = time.time()
+        self.update(epoch, 0, None, force=True)
+
+    def update(self, epoch: int, step: int, loss: float | None, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_write < self.interval_s:
+            return
+        self.last_write = now
+        state = {
+            "epoch": epoch, "epochs": self.epochs, "step": step, "steps": self.steps, "loss": loss,
+            "epoch_started": self.epoch_started, "updated": time.time(),
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{PROGRESS_JSON}.tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.path)
 
 
 @torch.no_grad()
@@ -254,6 +285,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     train_cache = TrainShardCache(training.cache_train_shard_mb)
     val_select = ray.train.get_dataset_shard("val_select")
+    progress = ProgressFile(Path(params.metrics_dir), training.epochs, steps_per_epoch) if rank == 0 else None
 
     # --- train ---
     for epoch in range(state["epoch"], training.epochs):
@@ -268,7 +300,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             model.backbone.eval()  # a linear probe: no dropout noise in the frozen features
         started = time.perf_counter()
         samples, loss_sum = 0, 0.0
-        for batch in train_cache.batches(train_shard, training.batch_size, device, params.seed * 1000 + epoch):
+        if progress is not None:
+            progress.start_epoch(epoch)
+        for step, batch in enumerate(
+            train_cache.batches(train_shard, training.batch_size, device, params.seed * 1000 + epoch), start=1
+        ):
             target = batch[LABEL_KEY]
             with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
                 loss = F.cross_entropy(ddp_model(**model_inputs(batch)).float(), target)
@@ -284,7 +320,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ema_model.update_parameters(model)
             samples += len(target)
             loss_sum += float(loss.detach()) * len(target)
+            if progress is not None:
+                progress.update(epoch, step, loss_sum / samples)
         train_seconds = time.perf_counter() - started
+        if progress is not None:
+            progress.update(epoch, progress.steps, loss_sum / max(samples, 1), force=True)
 
         # --- validate ---
         eval_model = ema_model.module if ema_model is not None else model

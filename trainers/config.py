@@ -28,7 +28,9 @@ class BackboneConfig(StrictModel):
         default=None,
         description="Keyword arguments for transformers.AutoConfig.for_model (must "
         "include model_type). Builds a randomly initialised backbone: how tests and "
-        "the offline default get a model without downloading one.",
+        "the offline default get a model without downloading one. The model_type's "
+        "family (trainers/families.py: vit, dinov2, dinov3_vit, bert, or generic for "
+        "any other) checks the keys it knows; other keys go to the HF config as given.",
     )
 
     @model_validator(mode="after")
@@ -39,6 +41,15 @@ class BackboneConfig(StrictModel):
             raise ValueError(
                 "model.backbone.config needs a 'model_type' key (e.g. vit, dinov2, bert)"
             )
+        # The family's rules (hidden_size a multiple of the heads, ...) answered with the
+        # config, not by a worker failing to build the model. Imported here: families
+        # imports this module.
+        from trainers.families import InvalidParams, family_of
+
+        try:
+            family_of(self).params_of(self)
+        except InvalidParams as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 

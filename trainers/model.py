@@ -15,7 +15,8 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from trainers.config import DEFAULT_VIEW_CROP_FRACTION, BackboneConfig, ModelConfig
-from trainers.views import IDENTITY_ONLY, check_view_names, multi_view_logits
+from trainers.families import family_and_params
+from trainers.views import IDENTITY_ONLY, apply_view, check_view_names, multi_view_logits
 
 WEIGHTS_FILE = "model.safetensors"
 CLASSIFIER_FILE = "classifier.json"
@@ -23,25 +24,24 @@ BACKBONE_CONFIG_DIR = "backbone"
 
 
 def build_backbone(backbone: BackboneConfig) -> PreTrainedModel:
-    if backbone.config is not None:
-        model = AutoModel.from_config(backbone_config(backbone))
-    else:
-        model = AutoModel.from_pretrained(backbone.id)
-    return drop_pooler(model)
+    """The backbone a run trains, built by its family (trainers/families.py) from the
+    parameters the config's backbone section stands for: one path from family
+    parameters to the module that trains."""
+    family, params = family_and_params(backbone)
+    return drop_pooler(family.create_model(params))
 
 
 def backbone_config(backbone: BackboneConfig) -> PretrainedConfig:
-    if backbone.config is not None:
-        kwargs = dict(backbone.config)
-        return AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
-    return AutoConfig.from_pretrained(backbone.id)
+    family, params = family_and_params(backbone)
+    return family.hf_config(params)
 
 
 def backbone_skeleton(backbone: BackboneConfig) -> PreTrainedModel:
     """The backbone's modules on the meta device: names and shapes without memory or
     weights, so the driver can check a plan before any worker starts."""
+    family, params = family_and_params(backbone)
     with torch.device("meta"):
-        return drop_pooler(AutoModel.from_config(backbone_config(backbone)))
+        return drop_pooler(family.create_model(params, weights=False))
 
 
 def drop_pooler(model: PreTrainedModel) -> PreTrainedModel:
@@ -108,6 +108,29 @@ class Classifier(nn.Module):
         return multi_view_logits(
             self.single_view_logits, pixel_values, self.views, self.view_crop_fraction, **inputs
         )
+
+    def logits_and_features(self, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eval-mode logits `forward` gives, and the pooled feature they come from,
+        in one pass: for several views, the mean of each view's pooled feature (through
+        a linear head exactly the feature whose head output is the mean logits). Used
+        for the feature map of a run, so the map shows the representation that made
+        the exported predictions."""
+        if self.training:
+            raise RuntimeError("logits_and_features is for inference: call model.eval() first")
+        if self.views == IDENTITY_ONLY:
+            features = self.pooled_features(**inputs)
+            return self.head(self.dropout(features)), features
+        if "pixel_values" not in inputs:
+            raise ValueError(f"views {list(self.views)} apply to images (pixel_values), got {sorted(inputs)}")
+        pixel_values = inputs.pop("pixel_values")
+        features_per_view, logits_per_view = [], []
+        for name in self.views:
+            features = self.pooled_features(
+                pixel_values=apply_view(name, pixel_values, self.view_crop_fraction), **inputs
+            )
+            features_per_view.append(features)
+            logits_per_view.append(self.head(self.dropout(features)))
+        return torch.stack(logits_per_view).mean(dim=0), torch.stack(features_per_view).mean(dim=0)
 
 
 def build_classifier(model_cfg: ModelConfig, num_labels: int) -> Classifier:

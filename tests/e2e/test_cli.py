@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -115,14 +118,55 @@ def test_bad_data_through_the_cli_exit_2(tmp_path: Path, capsys: pytest.CaptureF
     assert not (tmp_path / "runs").exists()
 
 
-def test_train_then_runs_list_and_show(tmp_path: Path) -> None:
-    """The README's flow, as separate processes: train, then find the run by scanning."""
-    root = tmp_path / "runs"
-    trained = cli("train", str(SMOKE), "-o", "training.epochs=1", "-o", f"storage.root={root}")
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    assert "run smoke_vit_baseline_s0: training baseline" in trained.stdout
-    assert "done in" in trained.stdout and "best epoch 0" in trained.stdout
+NOISE = ("TrainingReport(", "Checkpoint successfully created", "Execution plan", "tensorboard --logdir")
 
+
+@pytest.fixture(scope="module")
+def smoke_cli_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`ray-app run configs/smoke.yaml` (2 epochs) once, as a user runs it, without a
+    terminal: the runs root and what the command printed."""
+    root = tmp_path_factory.mktemp("cli") / "runs"
+    ran = cli("run", str(SMOKE), "-o", "training.epochs=2", "-o", f"storage.root={root}")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    return root, ran
+
+
+def test_run_console_shows_progress_and_the_log_keeps_everything(smoke_cli_run) -> None:
+    root, ran = smoke_cli_run
+    lines = ran.stdout.splitlines()
+    stage_lines = [x for x in lines if x.startswith("[")]
+    assert [x.split()[0:2] for x in stage_lines] == [
+        ["[1/6]", "splits"], ["[2/6]", "train"], ["[2/6]", "train"], ["[3/6]", "calibrate"],
+        ["[4/6]", "evaluate"], ["[5/6]", "insights"], ["[6/6]", "export"],
+    ]
+    assert stage_lines[1] == "[2/6] train     baseline, up to 2 epochs on 1 CPU worker"
+    assert all(" done in " in x for x in stage_lines if x != stage_lines[1])
+    epochs = [x for x in lines if x.startswith("  epoch ")]
+    assert [x.split()[1] for x in epochs] == ["1/2", "2/2"]
+    assert all("val_select loss" in x and "accuracy" in x for x in epochs)
+    assert any(x.startswith("  val_test accuracy") for x in lines) and any("serve it" in x for x in lines)
+    assert any(x.startswith("  linear reference") and "vs" in x for x in lines)
+    assert any(x.startswith("  epoch time") and "estimated" in x and "measured" in x for x in lines)
+    for noise in NOISE:
+        assert noise not in ran.stdout + ran.stderr
+    assert "Started a local Ray instance" not in ran.stdout + ran.stderr
+
+    log = (root / "smoke_vit_baseline_s0" / "logs" / "run.log").read_text()
+    for noise in NOISE:
+        assert noise in log  # not lost: kept in the run's log
+    assert "(RayTrainWorker pid=" in log  # the workers' output, forwarded by Ray
+    for line in stage_lines + epochs:
+        assert line.strip() in log
+    assert re.search(r"^\S+ \[train\] \(RayTrainWorker pid=\d+\) epoch 2/2: train/loss=", log, re.MULTILINE)
+    assert re.search(r"^\S+ \[-\] ==== end: exit 0 after [\d.]+s ====$", log, re.MULTILINE)
+
+    shown = cli("runs", "show", "smoke_vit_baseline_s0", "--root", str(root))
+    assert f"logs     {root / 'smoke_vit_baseline_s0' / 'logs' / 'run.log'}" in shown.stdout
+
+
+def test_runs_list_show_calibrate_evaluate_resume_and_serve(smoke_cli_run) -> None:
+    """The README's flow, as separate processes, on the run made by `ray-app run`."""
+    root, _ = smoke_cli_run
     listed = cli("runs", "list", "--root", str(root))
     assert listed.returncode == 0
     line = next(x for x in listed.stdout.splitlines() if x.startswith("smoke_vit_baseline_s0"))
@@ -131,25 +175,25 @@ def test_train_then_runs_list_and_show(tmp_path: Path) -> None:
     shown = cli("runs", "show", "smoke_vit_baseline_s0", "--root", str(root))
     assert shown.returncode == 0
     assert "train    complete" in shown.stdout and "val_test" in shown.stdout
-    epoch_rows = [x for x in shown.stdout.splitlines() if x.strip().startswith("0 ")]
-    assert len(epoch_rows) == 1
+    epoch_rows = [x for x in shown.stdout.splitlines() if re.match(r"\s+[01] ", x)]
+    assert len(epoch_rows) == 2
 
     # calibrate by run name, evaluate by config: both find the same run
     calibrated = cli("calibrate", "smoke_vit_baseline_s0", "--root", str(root), "-o", "calibration.policy=threshold")
     assert calibrated.returncode == 0, calibrated.stderr[-3000:]
     assert "policy:  threshold" in calibrated.stdout
     assert (root / "smoke_vit_baseline_s0" / "calibration" / "report.md").is_file()
-    evaluated = cli("evaluate", str(SMOKE), "-o", f"storage.root={root}", "-o", "training.epochs=1")
+    evaluated = cli("evaluate", str(SMOKE), "-o", f"storage.root={root}", "-o", "training.epochs=2")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "policy threshold: coverage" in evaluated.stdout
     assert (root / "smoke_vit_baseline_s0" / "eval" / "metrics.json").is_file()
 
     # `run` on the same config resumes: done stages are skipped, the rest complete
-    ran = cli("run", str(SMOKE), "-o", f"storage.root={root}", "-o", "training.epochs=1",
+    ran = cli("run", str(SMOKE), "-o", f"storage.root={root}", "-o", "training.epochs=2",
               "-o", "calibration.policy=threshold")
     assert ran.returncode == 0, ran.stderr[-3000:]
-    assert "[2/5] train     complete for this config, skipped" in ran.stdout
-    assert "[5/5] export    done in" in ran.stdout
+    assert "[2/6] train     complete for this config, skipped" in ran.stdout
+    assert "[6/6] export    done in" in ran.stdout
     assert "val_test accuracy" in ran.stdout and "(verified; smoke_vit_baseline_s0@" in ran.stdout
     bundle = root / "smoke_vit_baseline_s0" / "bundle"
     assert (bundle / "bundle.json").is_file()
@@ -159,6 +203,52 @@ def test_train_then_runs_list_and_show(tmp_path: Path) -> None:
     answer = serve_one_prediction(bundle, root / "smoke_vit_baseline_s0" / "splits" / "val_test")
     assert answer["model_version"] == json.loads((bundle / "bundle.json").read_text())["model_version"]
     assert answer["predictions"][0]["decision"] in ("accept", "assist", "abstain")
+
+
+def test_a_failed_stage_is_in_the_log_and_ray_app_logs_prints_it(smoke_cli_run, tmp_path: Path) -> None:
+    root, _ = smoke_cli_run
+    copy = tmp_path / "runs"
+    shutil.copytree(root / "smoke_vit_baseline_s0", copy / "smoke_vit_baseline_s0")
+    failed = cli("calibrate", "smoke_vit_baseline_s0", "--root", str(copy),
+                 "-o", "calibration.temperature.min_samples=100000")
+    assert_user_error(failed, "temperature scaling needs at least 100000")
+    assert "[1/1] calibrate failed after" in failed.stdout
+    meta = json.loads((copy / "smoke_vit_baseline_s0" / "metadata.json").read_text())
+    assert meta["stages"]["calibrate"]["status"] == "failed"
+    assert "temperature scaling needs at least 100000" in meta["stages"]["calibrate"]["error"]
+
+    logs = cli("logs", "smoke_vit_baseline_s0", "--root", str(copy), "--tail", "5")
+    assert logs.returncode == 0, logs.stderr
+    tail = logs.stdout.splitlines()
+    assert len(tail) == 5
+    assert any("[error] error: calibration of run 'smoke_vit_baseline_s0'" in x and "needs at least 100000" in x
+               for x in tail)
+    assert "==== end: failed (exit 2)" in tail[-1]
+    # the earlier, successful commands are still there: the log is appended, never replaced
+    whole = (copy / "smoke_vit_baseline_s0" / "logs" / "run.log").read_text()
+    ends = re.findall(r"==== end: (.*) after", whole)
+    assert "==== start: ray-app run " in whole.splitlines()[0]
+    assert ends[0] == "exit 0" and ends[-1] == "failed (exit 2)" and len(ends) >= 2
+
+
+def test_missing_config_answers_at_once_without_heavy_imports(tmp_path: Path) -> None:
+    best = min(_timed_missing_config(tmp_path) for _ in range(3))
+    assert best < 1.0, f"ray-app run missing.yaml took {best:.2f}s"
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from ray_app.cli import main; code = main(['run', 'missing.yaml']); "
+         "print(code, sorted(m for m in ('torch', 'ray', 'transformers') if m in sys.modules))"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert probe.stdout.split() == ["2", "[]"], probe.stdout + probe.stderr
+
+
+def _timed_missing_config(cwd: Path) -> float:
+    started = time.monotonic()
+    result = cli("run", "missing.yaml", cwd=cwd, timeout=60)
+    elapsed = time.monotonic() - started
+    assert_user_error(result, "config file 'missing.yaml' does not exist")
+    return elapsed
 
 
 def serve_one_prediction(bundle: Path, val_test: Path) -> dict:

@@ -3,6 +3,7 @@ exhaustive grid, the stages on the shared smoke run, and the split contract."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from calibration.guardrail import exhaustive_guardrail, tune_guardrail
 from calibration.policy import Policy
+from ray_app.console import Console
 from ray_app.errors import SplitContractError, UserError
 from ray_app.pipeline import load_predictions, run_calibration, run_evaluation
 from ray_app.runs import Run
@@ -36,7 +38,8 @@ def test_calibration_writes_every_artifact(calibrated) -> None:
     _, run, _ = calibrated
     out = run.root / "calibration"
     expected = {"temperature.json", "thresholds.json", "guardrail.json", "risk_control.json",
-                "policy.json", "report.md", "reliability.png", "risk_coverage.png"}
+                "policy.json", "report.md", "views.json", "reliability.png", "risk_coverage.png",
+                "confidence_by_decision.png", "guardrail_heatmap.png"}
     assert expected <= {p.name for p in out.iterdir()}
     assert (out / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     temperature = json.loads((out / "temperature.json").read_text())
@@ -133,24 +136,43 @@ def test_bundle_round_trip_matches_the_run_under_the_policy(calibrated) -> None:
 
 
 def test_run_pipeline_skips_what_is_complete(calibrated, tmp_path: Path) -> None:
-    from ray_app.pipeline import run_export, run_pipeline
+    from ray_app.pipeline import STAGES, run_export, run_insights, run_pipeline
 
     cfg, run, _ = calibrated
+    if run.stage_info("insights").get("status") != "complete":
+        run_insights(cfg, run)
     run_export(cfg, run)
     copy = Run(tmp_path / run.name)
     shutil.copytree(run.root, copy.root)
-    lines: list[str] = []
-    run_pipeline(cfg, copy, echo=lines.append)
-    assert all("skipped" in line for line in lines) and len(lines) == 5
+    screen = io.StringIO()
+    console = Console(screen, screen, None, interactive=False, verbose=False)
+    run_pipeline(cfg, copy, console)
+    lines = screen.getvalue().splitlines()
+    assert all("skipped" in line for line in lines) and len(lines) == len(STAGES) == 6
     # a new policy invalidates calibrate and everything after it, not the training
     changed = cfg.model_copy(deep=True)
     changed.calibration.policy = "threshold"
-    lines.clear()
-    stages = run_pipeline(changed, copy, echo=lines.append)
+    screen.seek(0)
+    screen.truncate()
+    stages = run_pipeline(changed, copy, console)
+    lines = screen.getvalue().splitlines()
     assert [line.split()[1] for line in lines if "skipped" in line] == ["splits", "train"]
-    assert [line.split()[1] for line in lines if "done in" in line] == ["calibrate", "evaluate", "export"]
-    assert all(stages[s]["status"] == "complete" for s in ("calibrate", "evaluate", "export"))
+    assert [line.split()[1] for line in lines if "done in" in line] == ["calibrate", "evaluate", "insights", "export"]
+    assert all(stages[s]["status"] == "complete" for s in ("calibrate", "evaluate", "insights", "export"))
     assert json.loads((copy.root / "bundle" / "policy.json").read_text())["rule"] == "threshold"
+    # the storyboard follows the new policy: a threshold has no assist band
+    board = json.loads((copy.root / "insights" / "storyboard.json").read_text())
+    assert board["rule"] == "threshold" and not board["categories"]["assist"]["available"]
+    # a setting of the insights alone recomputes the insights (and what follows), not the calibration
+    fewer = changed.model_copy(deep=True)
+    fewer.insights.examples_per_category = 2
+    screen.seek(0)
+    screen.truncate()
+    run_pipeline(fewer, copy, console)
+    lines = screen.getvalue().splitlines()
+    assert [line.split()[1] for line in lines if "done in" in line] == ["insights", "export"]
+    board = json.loads((copy.root / "insights" / "storyboard.json").read_text())
+    assert all(len(c["examples"]) <= 2 for c in board["categories"].values())
 
 
 def test_calibration_set_too_small_is_a_user_error(smoke_run, tmp_path: Path) -> None:

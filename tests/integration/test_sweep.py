@@ -114,3 +114,19 @@ def test_best_config_reproduces_the_best_trial(sweep: dict[str, Any], tmp_path: 
     keys = ("epoch", "train/loss", "val_select/loss", "val_select/accuracy", "val_select/macro_f1")
     for trial_row, new_row in zip(map(json.loads, trial_history), map(json.loads, new_history), strict=True):
         assert {k: new_row[k] for k in keys} == pytest.approx({k: trial_row[k] for k in keys}, abs=1e-6)
+
+
+def test_the_sweep_and_each_trial_keep_a_log(sweep: dict[str, Any]) -> None:
+    sweep_log = (sweep["dir"] / "logs" / "sweep.log").read_text()
+    assert "==== start: ray-app sweep" in sweep_log and "==== end: exit 0" in sweep_log
+    assert "(RayTrainWorker pid=" in sweep_log  # the trials' workers, forwarded to the sweep's driver
+    assert "Execution plan" not in sweep["printed"] and "TrainingReport(" not in sweep["printed"]
+    for row in sweep["rows"]:
+        trial_log = (sweep["root"] / row["run"] / "logs" / "run.log").read_text()
+        assert "==== start: sweep trial {'training.lr': " in trial_log
+        epochs = [x for x in trial_log.splitlines() if "[train]   epoch " in x or "[train] epoch " in x]
+        assert len(epochs) == int(row["epochs"]), trial_log
+        if row["status"].startswith("complete"):
+            assert "==== end: trial done ====" in trial_log
+        else:
+            assert "stopped by ASHA after 1 epoch(s)" in trial_log

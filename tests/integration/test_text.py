@@ -17,7 +17,8 @@ import pytest
 
 from calibration.policy import Policy
 from ray_app.config import load_config
-from ray_app.pipeline import ensure_splits, run_calibration, run_export, run_training
+from ray_app.insights import example, meaning_map, storyboard
+from ray_app.pipeline import ensure_splits, run_calibration, run_evaluation, run_export, run_insights, run_training
 from ray_app.runs import Run
 from serve.bundle import load_bundle
 from serve.predictor import BundlePredictor, PredictInput, PredictRequest
@@ -102,6 +103,22 @@ def test_text_run_trains_end_to_end_and_the_bundle_answers_texts(tmp_path: Path)
     assert spec == {"kind": "text", "tokenizer": str(tokenizer.resolve()), "max_length": 16}
 
     run_calibration(cfg, run)
+    run_evaluation(cfg, run)
+    run_insights(cfg, run)
+    # text insights: the TF-IDF reference beats chance, examples come back as their text,
+    # and the threshold policy's storyboard says it has no assist band
+    reference = run.stage_info("insights")["reference"]
+    assert reference["kind"].startswith("logistic regression on TF-IDF") and reference["val_test_accuracy"] > 0.6
+    board = storyboard(run)
+    assert not board["categories"]["assist"]["available"] and "no assist band" in board["categories"]["assist"]["reason"]
+    texts = dict(rows)
+    shown = [e for c in board["categories"].values() for e in c["examples"]]
+    assert shown
+    for entry in shown:
+        answer = example(run, entry["id"])
+        assert answer["kind"] == "text" and texts[answer["text"]] == answer["label"] == entry["label"]
+    assert meaning_map(run)["rows"]["shown"] == summary["splits"]["val_test"]["count"]
+    assert not (run.root / "insights" / "storyboard.png").exists()  # thumbnails are for images
     bundle_dir = Path(run_export(cfg, run)["bundle"])
     shutil.rmtree(tmp_path / "tok")  # the bundle carries its tokenizer
     predictor = BundlePredictor(load_bundle(bundle_dir), max_image_pixels=1)

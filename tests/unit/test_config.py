@@ -145,3 +145,36 @@ def test_calibration_config_errors() -> None:
     assert "guardrail widths must lie in [0, 1)" in text
     with pytest.raises(ConfigError, match="calibration.policy is 'guardrail' but calibration.guardrail.enabled is false"):
         load_config(SMOKE, ["calibration.guardrail.enabled=false"])
+
+
+def test_family_of_a_local_backbone_is_its_model_type(tmp_path: Path) -> None:
+    backbone = tmp_path / "all-MiniLM-L6-v2"
+    backbone.mkdir()
+    (backbone / "config.json").write_text('{"model_type": "bert", "hidden_size": 384}')
+    reviews = tmp_path / "realtext.csv"
+    cfg = validate_config({
+        "name_pattern": "{dataset}_{family}_{backbone}_{mode}_s{seed}",
+        "data": {"source": {"kind": "csv", "path": str(reviews)}},
+        "model": {"backbone": {"id": str(backbone)}},
+        "training": {"mode": "peft"},
+    })
+    assert run_name(cfg) == "realtext_bert_all-MiniLM-L6-v2_peft_s0"
+    (backbone / "config.json").unlink()  # no config to read: the directory's name is all there is
+    assert run_name(cfg) == "realtext_all_all-MiniLM-L6-v2_peft_s0"
+
+
+def test_local_paths_are_checked_before_anything_heavy(tmp_path: Path) -> None:
+    from ray_app.config import check_paths_exist
+    from ray_app.errors import DataError, UserError
+
+    check_paths_exist(load_config(SMOKE))  # digits: nothing to check
+    missing = tmp_path / "nope"
+    with pytest.raises(DataError, match=f"data.source.path '{missing}' does not exist"):
+        check_paths_exist(load_config(SMOKE, ["data.source.kind=image_folder", f"data.source.path={missing}"]))
+    text = ["data.source.kind=csv", f"data.source.path={tmp_path}", f"model.preprocessing.tokenizer={missing}"]
+    with pytest.raises(UserError, match=f"model.preprocessing.tokenizer '{missing}' is not a directory"):
+        check_paths_exist(load_config(SMOKE, text))
+    with pytest.raises(UserError, match=f"model.backbone.id '{missing}' is not a directory"):
+        check_paths_exist(load_config(SMOKE, ["model.backbone.config=null", f"model.backbone.id={missing}"]))
+    # a bare org/name may be a hub id: left to the loader
+    check_paths_exist(load_config(SMOKE, ["model.backbone.config=null", "model.backbone.id=org/name"]))

@@ -12,10 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ray_app.config import load_config
+from ray_app.config import check_paths_exist, load_config
 from ray_app.errors import UserError
 from ray_app.pipeline import resolve_input_spec
-from ray_app.sources import check_source_exists
 from tests.conftest import REPO
 from trainers.adapters import PeftSetup, merge_adapters
 from trainers.baseline import param_groups
@@ -42,7 +41,7 @@ def test_shipped_text_smoke_files_are_what_the_generator_writes() -> None:
 def test_text_preset_resolves_from_the_repo_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     cfg = load_config(TEXT_SMOKE)
     monkeypatch.chdir(REPO)
-    check_source_exists(cfg.data.source)
+    check_paths_exist(cfg)
     spec = resolve_input_spec(cfg)  # loads the tokenizer and checks it against the backbone
     assert spec == TextSpec(tokenizer=str(TEXT_DATA / "tokenizer"), max_length=16)
     tokenizer = load_tokenizer(spec)

@@ -1,0 +1,175 @@
+"""The insights page of a run (`insights/report.md`) and its plots: the deep model
+against the linear reference, the compute estimate against the measured epoch time,
+the meaning map, and the storyboard."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from ray_app.insights.story import CATEGORIES  # noqa: E402
+
+MAP_PNG = "meaning_map.png"
+STORYBOARD_PNG = "storyboard.png"
+
+
+def _class_colors(count: int) -> list[Any]:
+    cmap = plt.get_cmap("tab10" if count <= 10 else "tab20" if count <= 20 else "viridis")
+    return [cmap(i if count <= 20 else i / max(count - 1, 1)) for i in range(count)]
+
+
+def draw_meaning_map(projection: dict[str, Any], rows: list[dict[str, Any]], label_names: list[str], path: Path) -> None:
+    """Each val_test row where the projection puts it, coloured by its true class; a
+    black cross on every wrong prediction."""
+    fig, ax = plt.subplots(figsize=(7.2, 6.0))
+    colors = _class_colors(len(label_names))
+    x, y = np.array(projection["x"]), np.array(projection["y"])
+    labels = np.array([label_names.index(r["label"]) for r in rows])
+    wrong = np.array([not r["correct"] for r in rows])
+    for k, name in enumerate(label_names):
+        mine = labels == k
+        if mine.any():
+            ax.scatter(x[mine & ~wrong], y[mine & ~wrong], s=24, color=colors[k], label=name, alpha=0.85,
+                       edgecolor="white", linewidth=0.3)
+            # a wrong prediction keeps its class colour, ringed in black
+            ax.scatter(x[mine & wrong], y[mine & wrong], s=40, color=colors[k], edgecolor="black", linewidth=1.3,
+                       zorder=3)
+    if wrong.any():
+        ax.scatter([], [], s=40, color="white", edgecolor="black", linewidth=1.3, label=f"wrong ({int(wrong.sum())})")
+    method = projection["method"].upper() if projection["method"] == "pca" else "t-SNE"
+    axis = "component" if projection["method"] == "pca" else "t-SNE"
+    variance = projection.get("explained_variance_ratio")
+    xlabel, ylabel = f"{axis} 1", f"{axis} 2"
+    if variance:
+        xlabel += f" ({variance[0]:.0%} of variance)"
+        ylabel += f" ({variance[1]:.0%} of variance)"
+    ax.set(xlabel=xlabel, ylabel=ylabel,
+           title=f"val_test in the model's feature space ({method}, {len(rows)} points)\n"
+                 "colour: true class; black ring: predicted wrong")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), title="class", title_fontsize=8,
+              markerscale=1.2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def draw_storyboard(storyboard: dict[str, Any], images: dict[str, bytes], path: Path) -> None:
+    """Images only: one row per outcome, its examples as thumbnails titled
+    `label -> prediction` and the calibrated confidence."""
+    per_row = max([len(storyboard["categories"][c]["examples"]) for c in CATEGORIES] + [1])
+    fig, axes = plt.subplots(len(CATEGORIES), per_row, figsize=(1.45 * per_row + 1.6, 1.85 * len(CATEGORIES)),
+                             squeeze=False)
+    for row, category in enumerate(CATEGORIES):
+        entry = storyboard["categories"][category]
+        for column in range(per_row):
+            ax = axes[row][column]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if column < len(entry["examples"]):
+                example = entry["examples"][column]
+                with Image.open(io.BytesIO(images[example["id"]])) as image:
+                    pixels = np.asarray(image.convert("RGB"))
+                ax.imshow(pixels, interpolation="nearest")
+                ax.set_title(f"{example['label']} → {example['prediction']}\n{example['confidence']:.2f}", fontsize=8,
+                             color="black" if example["correct"] else "tab:red")
+        note = f"{category.replace('_', ' ')}\n({entry['count']})"
+        axes[row][0].set_ylabel(note, fontsize=9, rotation=0, ha="right", va="center", labelpad=8)
+        if not entry["examples"]:
+            axes[row][0].text(0.0, 0.5, entry["reason"] or "none on val_test", fontsize=8,
+                              transform=axes[row][0].transAxes, va="center")
+    fig.suptitle("Storyboard on val_test: true → predicted, calibrated confidence (red: wrong)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _cell(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def write_insights_report(
+    directory: Path,
+    run_name: str,
+    model: dict[str, Any],
+    reference: dict[str, Any] | None,
+    epoch_seconds: dict[str, Any] | None,
+    projection: dict[str, Any],
+    storyboard: dict[str, Any],
+    texts: dict[str, str],
+    storyboard_png: bool,
+) -> Path:
+    lines = [f"# Run insights: {run_name}", "", "Everything here is on `val_test`.", "",
+             "## Is the deep model worth it?", ""]
+    rows = [(f"this run ({model['description']})", f"{model['accuracy']:.4f}", f"{model['macro_f1']:.4f}")]
+    if reference is not None:
+        rows.append((f"linear reference: {reference['kind']}, C={reference['C']:g}",
+                     f"{reference['val_test_accuracy']:.4f}", f"{reference['val_test_macro_f1']:.4f}"))
+    lines += _table(("model", "val_test accuracy", "macro-F1"), rows) + [""]
+    if reference is not None:
+        gap = model["accuracy"] - reference["val_test_accuracy"]
+        lines += [f"The deep model is {abs(gap):.4f} {'above' if gap >= 0 else 'below'} the linear reference "
+                  f"(fitted on the same {reference['train_rows']} train rows, C chosen on val_select).", ""]
+    else:
+        lines += ["The reference model is off (`insights.reference.enabled: false`).", ""]
+    lines += ["## Compute: estimate vs measured", ""]
+    if epoch_seconds:
+        measured = epoch_seconds.get("measured_median")
+        lines += _table(("epoch train time", "seconds"), [
+            ("estimated before training (micro-benchmark)", f"{epoch_seconds['estimated']:.2f}"),
+            ("measured, median of epochs after the first", "-" if measured is None else f"{measured:.2f}"),
+            ("measured, first epoch (streams from Ray Data)", f"{epoch_seconds['measured_first']:.2f}"),
+            ("measured / estimated", "-" if epoch_seconds.get("ratio") is None else f"{epoch_seconds['ratio']:.2f}"),
+        ]) + [""]
+    else:
+        lines += ["No estimate was recorded for this run's training.", ""]
+    lines += ["## Meaning map", "",
+              f"![meaning map]({MAP_PNG})", "",
+              "Each point is a val_test row placed by a 2-D projection of the model's pooled features; "
+              "nearby points look alike to the model. Other projections: `meaning_map(run, method='tsne')`.", "",
+              "## Storyboard", ""]
+    if storyboard_png:
+        lines += [f"![storyboard]({STORYBOARD_PNG})", ""]
+    for category in CATEGORIES:
+        entry = storyboard["categories"][category]
+        lines += [f"### {category.replace('_', ' ')} ({entry['count']})", "", entry["description"] + ".", ""]
+        if not entry["available"]:
+            lines += [f"Not shown: {entry['reason']}.", ""]
+            continue
+        if not entry["examples"]:
+            lines += ["None on val_test.", ""]
+            continue
+        header = ("id", "true", "predicted", "confidence", "decision") + (("text",) if texts else ())
+        lines += _table(header, [
+            (f"`{e['id']}`", e["label"], e["prediction"], f"{e['confidence']:.3f}", e["decision"])
+            + ((_cell(texts.get(e["id"], "")),) if texts else ())
+            for e in entry["examples"]
+        ]) + [""]
+    lines += ["### most confused class pairs", ""]
+    if storyboard["confused_pairs"]:
+        lines += _table(("classes", "confusions", "by direction", "example ids"), [
+            (" / ".join(p["classes"]), str(p["count"]),
+             ", ".join(f"{d['label']} as {d['prediction']}: {d['count']}" for d in p["directions"]),
+             ", ".join(f"`{e['id']}`" for e in p["examples"]))
+            for p in storyboard["confused_pairs"]
+        ]) + [""]
+    else:
+        lines += ["No confusions on val_test.", ""]
+    lines += ["Calibration plots: [../calibration/report.md](../calibration/report.md).", ""]
+    path = directory / "report.md"
+    path.write_text("\n".join(lines))
+    return path
