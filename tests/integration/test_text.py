@@ -125,7 +125,10 @@ def test_text_run_trains_end_to_end_and_the_bundle_answers_texts(tmp_path: Path)
     texts = ["the film was very great and lovely", "the plot was awful", "the cast was plain"]
     request = PredictRequest(inputs=[PredictInput(text=t) for t in texts])
     inputs = predictor.prepare(request, max_inputs=8)
-    assert [x["input_ids"][0] for x in inputs] == [2, 2, 2] and all(len(x["input_ids"]) == 16 for x in inputs)
+    assert inputs == texts  # tokenized with their batch, by the bundle's own tokenizer
+    [(rows, chunk)] = predictor.tokenize(inputs)
+    assert sorted(rows.tolist()) == [0, 1, 2] and chunk["input_ids"][:, 0].tolist() == [2, 2, 2]  # [CLS] first
+    assert chunk["input_ids"].shape[1] == int(chunk["attention_mask"].sum(dim=1).max()) <= 16  # padded to the longest
     answers = predictor.answer(predictor.logits(inputs), Policy.model_validate_json(
         (bundle_dir / "policy.json").read_text()), top_k=3)
     assert [a.label for a in answers] == ["pos", "neg", "meh"]
