@@ -499,6 +499,9 @@ def _server_arguments(parser: argparse.ArgumentParser) -> None:
         "Ray head); a token-auth cluster needs RAY_AUTH_MODE=token, as `ray job submit` does",
     )
     parser.add_argument("--ray-cpus", type=int, help="CPUs of the local Ray head (default: this machine's cores)")
+    parser.add_argument("--no-ray", action="store_true",
+                        help="serve the runs root without Ray (no head started, none joined): runs, metrics, logs, "
+                        "templates and families are served; launch, stop and rerun answer 503")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request on the console")
     parser.epilog = (parser.epilog or "") + (
         "\n\nA token (env RAY_APP_SERVER_TOKEN) makes every API request need 'Authorization: Bearer <token>'."
@@ -516,7 +519,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     from ray_app.server.settings import ServerSettings
 
     raw = {"runs_root": args.runs_root, "host": args.host, "port": args.port, "ray_address": args.ray_address,
-           "templates_root": args.templates_root, "local_ray_cpus": args.ray_cpus}
+           "templates_root": args.templates_root, "local_ray_cpus": args.ray_cpus, "ray_jobs": not args.no_ray}
     settings = validate_model(ServerSettings, {k: v for k, v in raw.items() if v is not None}, "server settings")
     from ray_app.serving import check_port_free
 
@@ -526,7 +529,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     from ray_app.server.app import create_app
 
     app = create_app(settings)
-    where = settings.ray_address or "a local Ray head (starting)"
+    where = (settings.ray_address or "a local Ray head (starting)") if settings.ray_jobs else "none (--no-ray)"
     print(f"control plane at http://{settings.host}:{settings.port} (API docs: /docs) · runs {settings.runs_root} "
           f"· templates {settings.templates_root} · Ray jobs on {where}"
           + (" · token required" if settings.token_value else ""), flush=True)

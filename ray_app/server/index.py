@@ -61,6 +61,13 @@ CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE INDEX IF NOT EXISTS runs_family ON runs(family);
 CREATE INDEX IF NOT EXISTS runs_template ON runs(template);
 CREATE INDEX IF NOT EXISTS runs_created ON runs(created);
+-- A filtered page newest first, as the dashboard asks for it, walks one of these in order
+-- and stops at the page's end, and counts from the index alone: at 10,000 runs 0.5 ms
+-- against 4 ms reading every run of the family and sorting them.
+CREATE INDEX IF NOT EXISTS runs_status_family_created ON runs(status, family, created);
+CREATE INDEX IF NOT EXISTS runs_status_created ON runs(status, created);
+CREATE INDEX IF NOT EXISTS runs_family_created ON runs(family, created);
+CREATE INDEX IF NOT EXISTS runs_template_created ON runs(template, created);
 CREATE TABLE IF NOT EXISTS jobs (
     submission_id TEXT PRIMARY KEY,
     run TEXT NOT NULL,
@@ -97,18 +104,32 @@ class RunPage:
     runs: list[dict[str, Any]]
 
 
-def _stamp(root: Path) -> str | None:
+def _stamp(root: Path | str) -> str | None:
     """A signature of the files a run's index row comes from: changes when any does."""
+    # String paths and os.stat, not pathlib: a refresh stamps every run, and building
+    # Path objects cost more than the stat calls themselves (10,000 runs: 2/3 of a pass).
+    base = os.fspath(root)
     parts = []
     for relative in (METADATA, "config.yaml"):
         try:
-            stat = (root / relative).stat()
+            stat = os.stat(os.path.join(base, relative))
         except OSError:
             if relative == METADATA:
                 return None
             continue
         parts.append(f"{stat.st_mtime_ns}:{stat.st_size}")
     return "|".join(parts)
+
+
+# libyaml's safe loader where PyYAML was built with it: the same documents, about ten
+# times faster than the pure-Python parser, which was most of the cost of indexing a run.
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _config_stamp(stamp: str) -> str | None:
+    """The config.yaml part of a `_stamp` (None when the run had no config.yaml)."""
+    parts = stamp.split("|")
+    return parts[1] if len(parts) == 2 else None
 
 
 def _config_facts(root: Path) -> dict[str, Any]:
@@ -118,7 +139,7 @@ def _config_facts(root: Path) -> dict[str, Any]:
     from trainers.families import InvalidParams, family_and_params
 
     try:
-        raw = yaml.safe_load((root / "config.yaml").read_text()) or {}
+        raw = yaml.load((root / "config.yaml").read_text(), Loader=YAML_LOADER) or {}
         cfg = AppConfig.model_validate(raw)
         family, params = family_and_params(cfg.model.backbone)
         variant = family.variant_name(params)
@@ -127,15 +148,19 @@ def _config_facts(root: Path) -> dict[str, Any]:
     return {"family": family.name, "backbone": variant, "dataset": dataset_name(cfg), "mode": cfg.training.mode}
 
 
-def summarize_run(root: Path) -> dict[str, Any]:
-    """The index row of one run directory (without its job-combined status)."""
+FACT_FIELDS = ("family", "backbone", "dataset", "mode")
+
+
+def summarize_run(root: Path, facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The index row of one run directory (without its job-combined status). `facts`:
+    those of its config.yaml when already known (it has not changed since)."""
     meta = Run(root).metadata()
     stages = meta.get("stages") or {}
     train = stages.get("train") or {}
     best = train.get("best") or {}
     evaluate = stages.get("evaluate") or {}
     meta_status, message = status_from_metadata(meta, log_path(root))
-    facts = _config_facts(root)
+    facts = _config_facts(root) if facts is None else facts
     launch = meta.get("launch") or {}
     template = run_template(meta)
     return {
@@ -212,7 +237,9 @@ class RunIndex:
         """Pick up runs added, changed or removed on disk; returns how many rows changed.
         Only a run whose files changed is read again."""
         with self._lock:
-            known = {r["name"]: r["stamp"] for r in self._db.execute("SELECT name, stamp FROM runs")}
+            rows = self._db.execute(f"SELECT name, stamp, {', '.join(FACT_FIELDS)} FROM runs").fetchall()
+        known = {r["name"]: r for r in rows}
+        with self._lock:
             # A launched run has no directory until its job gets going, or ever if it was
             # stopped first: its job keeps it listed.
             launched = {r["run"] for r in self._db.execute("SELECT DISTINCT run FROM jobs")}
@@ -225,18 +252,27 @@ class RunIndex:
         for entry in entries:
             if entry.name.startswith(".") or not entry.is_dir():
                 continue
-            stamp = _stamp(Path(entry.path))
+            stamp = _stamp(entry.path)
             if stamp is None:
                 continue
             seen.add(entry.name)
-            if known.get(entry.name) != stamp:
+            if entry.name not in known or known[entry.name]["stamp"] != stamp:
                 changed.append((Path(entry.path), stamp))
         # A running run's status may change without its files changing (its process died).
         with self._lock:
             running = [r["name"] for r in self._db.execute("SELECT name FROM runs WHERE meta_status = 'running'")]
-        changed += [(self.runs_root / name, known[name]) for name in running
-                    if name in seen and all(name != p.name for p, _ in changed)]
-        summaries = [(summarize_run(root), stamp) for root, stamp in changed]
+        changing = {p.name for p, _ in changed}
+        changed += [(self.runs_root / name, known[name]["stamp"]) for name in running
+                    if name in seen and name not in changing]
+        summaries = []
+        for root, stamp in changed:
+            # A run's config is written once, its metadata all along: a run whose
+            # config.yaml is unchanged keeps the facts read from it (parsing and
+            # validating a config is most of the cost of reading a run).
+            before = known.get(root.name)
+            config = _config_stamp(before["stamp"]) if before is not None else None
+            facts = {f: before[f] for f in FACT_FIELDS} if config is not None and config == _config_stamp(stamp) else None
+            summaries.append((summarize_run(root, facts), stamp))
         gone = [name for name in known if name not in seen and name not in launched]
         with self._transaction() as db:
             for summary, stamp in summaries:
@@ -363,17 +399,29 @@ class RunIndex:
             where.append("search LIKE ? ESCAPE '\\'")
             escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             args.append(f"%{escaped}%")
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
         column, larger_first = SORT_KEYS[sort]
         desc = larger_first if descending is None else descending
-        # Runs without the metric go last either way.
-        order = f"{column} IS NULL, {column} {'DESC' if desc else 'ASC'}, name"
+        fields = ", ".join(ROW_FIELDS)
+        # Runs without the metric go last either way. As two queries (runs with it, then
+        # the rest by name) rather than one ORDER BY `column IS NULL, ...`: sqlite cannot
+        # walk an index in the order of that expression, so it would sort every match.
+        with_value = " AND ".join([*where, f"{column} IS NOT NULL"])
+        without_value = " AND ".join([*where, f"{column} IS NULL"])
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._lock:
-            total = self._db.execute(f"SELECT COUNT(*) FROM runs {clause}", args).fetchone()[0]
-            rows = self._db.execute(
-                f"SELECT {', '.join(ROW_FIELDS)} FROM runs {clause} ORDER BY {order} LIMIT ? OFFSET ?",
-                [*args, limit, offset],
-            ).fetchall()
+            total, valued = self._db.execute(f"SELECT COUNT(*), COUNT({column}) FROM runs {clause}", args).fetchone()
+            rows = []
+            if offset < valued:
+                rows = self._db.execute(
+                    f"SELECT {fields} FROM runs WHERE {with_value} "
+                    f"ORDER BY {column} {'DESC' if desc else 'ASC'}, name LIMIT ? OFFSET ?",
+                    [*args, limit, offset],
+                ).fetchall()
+            if len(rows) < limit and total > valued:
+                rows += self._db.execute(
+                    f"SELECT {fields} FROM runs WHERE {without_value} ORDER BY name LIMIT ? OFFSET ?",
+                    [*args, limit - len(rows), max(0, offset - valued)],
+                ).fetchall()
         return RunPage(total=total, runs=[dict(r) for r in rows])
 
     def names_of_family(self, family: str) -> list[dict[str, Any]]:

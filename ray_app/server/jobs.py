@@ -42,12 +42,17 @@ class JobState:
 class JobLauncher:
     """One Ray job server: a cluster's (`address`) or a local head started here."""
 
-    def __init__(self, address: str | None, local_cpus: int | None = None, head_log: Any = None) -> None:
-        self.address = address
-        self.local_head = None if address else LocalRayHead(local_cpus, head_log)
+    def __init__(self, address: str | None, local_cpus: int | None = None, head_log: Any = None,
+                 enabled: bool = True) -> None:
+        self.address = address if enabled else None
+        self.local_head = LocalRayHead(local_cpus, head_log) if enabled and not address else None
         self._client: Any = None
         self._ready = threading.Event()
         self.error: str | None = None
+        if not enabled:
+            # Nothing to start or connect to: every job request fails at once, with why.
+            self.error = "this server runs without Ray jobs (started with ray_jobs off / --no-ray)"
+            self._ready.set()
 
     def start(self) -> None:
         """Start the local head if there is one, then connect: run in a thread."""

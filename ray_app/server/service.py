@@ -114,7 +114,7 @@ class ControlPlane:
         assert settings.templates_root is not None  # ServerSettings fills it in
         self.templates = TemplateStore(settings.templates_root)
         self.launcher = JobLauncher(settings.ray_address, settings.local_ray_cpus,
-                                    settings.runs_root / ".ray-head.log")
+                                    settings.runs_root / ".ray-head.log", enabled=settings.ray_jobs)
         self._launch_lock = threading.Lock()
         # Recorded in the index but not yet accepted by Ray: the poller must not take
         # "no such job" for one of these as a job that vanished.
@@ -126,7 +126,10 @@ class ControlPlane:
 
     def start(self) -> None:
         self.index.refresh()
-        for target, name in ((self._connect, "ray-jobs"), (self._keep_current, "index")):
+        workers = [(self._keep_current, "index")]
+        if self.settings.ray_jobs:
+            workers.append((self._connect, "ray-jobs"))
+        for target, name in workers:
             thread = threading.Thread(target=target, name=f"control-plane-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -224,6 +227,9 @@ class ControlPlane:
         """Validate, then submit `ray-app run` as a Ray job. `template`: the record of
         the template launched (`templates.template_record`), kept in the run."""
         cfg = self.resolve_config(raw, overrides)
+        if not self.settings.ray_jobs:
+            # Refused before anything is recorded: a job that can never start must not be listed.
+            raise Unavailable(self.launcher.error or "no Ray job server")
         name = run_name(cfg)
         family = family_and_params(cfg.model.backbone)[0].name
         template_name = template["name"] if template else None

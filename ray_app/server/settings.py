@@ -30,6 +30,12 @@ class ServerSettings(BaseModel):
         description="Job server of the Ray cluster runs are submitted to (its dashboard address, "
         "e.g. http://head:8265). Unset: the server starts a local Ray head of its own.",
     )
+    ray_jobs: bool = Field(
+        default=True,
+        description="Launch, stop and rerun runs as Ray jobs. False: no Ray at all (no local head, no "
+        "job server connection); listing, metrics, logs, templates and families are served from the runs "
+        "root, and launch, stop and rerun answer 503.",
+    )
     local_ray_cpus: int | None = Field(
         default=None, ge=1, description="Logical CPUs of the local Ray head (default: this machine's cores)."
     )

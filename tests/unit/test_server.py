@@ -88,6 +88,44 @@ def test_index_filters_sorts_and_only_rereads_what_changed(tmp_path: Path) -> No
     assert index.rebuild() == 2
 
 
+def test_runs_without_the_sort_metric_come_last_on_every_page(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for name, accuracy in (("a", 0.5), ("b", None), ("c", 0.9), ("d", None), ("e", 0.7)):
+        make_run(runs, name, accuracy=accuracy)
+    index = RunIndex(runs, tmp_path / "index.sqlite")
+    index.refresh()
+    best_first = ["c", "e", "a", "b", "d"]
+    worst_first = ["a", "e", "c", "b", "d"]
+    for descending, expected in ((None, best_first), (False, worst_first)):
+        for limit in range(1, 6):
+            for offset in range(0, 6):
+                page = index.list(sort="val_select/accuracy", descending=descending, limit=limit, offset=offset)
+                assert page.total == 5
+                assert [r["name"] for r in page.runs] == expected[offset:offset + limit], (descending, limit, offset)
+    assert [r["name"] for r in index.list(sort="name", descending=True).runs] == ["e", "d", "c", "b", "a"]
+
+
+def test_a_refresh_reads_a_runs_config_again_only_when_it_changed(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    run = make_run(runs, "a_vit")
+    index = RunIndex(runs, tmp_path / "index.sqlite")
+    index.refresh()
+    assert index.get("a_vit")["family"] == "vit"
+    config = run / "config.yaml"
+    before = config.stat()
+    # Not a config any more, but with the same size and time: the index takes it as unchanged.
+    config.write_text("x" * before.st_size)
+    os.utime(config, ns=(before.st_atime_ns, before.st_mtime_ns))
+    meta = json.loads((run / "metadata.json").read_text())
+    meta["stages"]["train"]["best"]["val_select/accuracy"] = 0.3
+    (run / "metadata.json").write_text(json.dumps(meta))
+    assert index.refresh() == 1
+    assert index.get("a_vit")["best_accuracy"] == 0.3 and index.get("a_vit")["family"] == "vit"
+    os.utime(config, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+    assert index.refresh() == 1
+    assert index.get("a_vit")["family"] is None  # read again: it no longer validates
+
+
 def test_a_launched_run_is_listed_before_its_job_writes_anything(tmp_path: Path) -> None:
     index = RunIndex(tmp_path / "runs", tmp_path / "index.sqlite")
     index.record_job("job-1", "fresh", "tmpl", "vit", "/x.yaml")
@@ -178,6 +216,25 @@ def check(response: requests.Response, status: int, error: str, *fragments: str)
     text = json.dumps(body["detail"])
     for fragment in fragments:
         assert fragment in text, text
+
+
+def test_a_server_without_ray_serves_runs_and_refuses_launches(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    make_run(runs, "done_run")
+    app = create_app(runs_root=runs, ray_jobs=False)
+    assert app.state.plane.launcher.local_head is None  # no head to start
+    with running_server(app) as url:
+        ray = requests.get(f"{url}/healthz").json()["ray"]
+        assert ray["ready"] is False and ray["address"] is None and "without Ray jobs" in ray["error"]
+        assert requests.get(f"{url}/api/v1/runs").json()["total"] == 1
+        assert requests.get(f"{url}/api/v1/runs/done_run/metrics").json()["rows"]
+        smoke = yaml.safe_load(SMOKE.read_text())
+        # The config is still checked first: a bad one gets its problems, not a 503.
+        check(requests.post(f"{url}/api/v1/runs", json={"config": smoke, "overrides": ["training.epochz=2"]}),
+              422, "invalid config", "training.epochz")
+        check(requests.post(f"{url}/api/v1/runs", json={"config": smoke}), 503, "unavailable", "without Ray jobs")
+        assert requests.get(f"{url}/api/v1/runs").json()["total"] == 1  # nothing recorded as launched
+    assert not (runs / ".launches").exists() and not (runs / ".ray-head.log").exists()
 
 
 def test_token_is_required_but_health_and_docs_stay_open(api: Any) -> None:
