@@ -20,6 +20,9 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 DECISION_COLORS = {"accept": "tab:green", "assist": "tab:orange", "abstain": "tab:red"}
+# fixed per rule (not the colour cycle): the views come back from JSON with sorted keys,
+# and a redrawn plot should colour each rule as the first drawing did
+RULE_COLORS = {"threshold": "tab:purple", "guardrail (accepted)": "tab:orange", "risk control": "tab:green"}
 PLOTS = {
     "reliability": "reliability.png",
     "decision_histogram": "confidence_by_decision.png",
@@ -81,46 +84,59 @@ def reliability_diagram(view: dict[str, Any], path: Path, min_bin_count: int) ->
 
 
 def decision_histogram(view: dict[str, Any], path: Path) -> None:
-    """Calibrated confidence, stacked by the decision the policy takes, with its cuts."""
-    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    """Calibrated confidence, stacked by the decision the policy takes, with its cuts.
+    The legend sits right of the axes: the bars can fill any part of the range."""
+    fig, ax = plt.subplots(figsize=(7.6, 3.8))
     edges = np.array(view["edges"])
     width = edges[1] - edges[0]
     bottom = np.zeros(len(edges) - 1)
-    for decision, counts in view["counts"].items():
-        values = np.array(counts)
+    # in a fixed order, by name: views read back from JSON come with their keys sorted
+    for decision in [d for d in DECISION_COLORS if d in view["counts"]]:
+        values = np.array(view["counts"][decision])
         ax.bar(edges[:-1], values, width=width, bottom=bottom, align="edge", edgecolor="black", linewidth=0.5,
                color=DECISION_COLORS[decision], label=f"{decision} ({view['totals'][decision]})")
         bottom += values
-    for (name, cut), style in zip(view["cuts"].items(), (":", "--"), strict=False):
-        ax.axvline(cut, color="black", linestyle=style, linewidth=1.2, label=f"{name.replace('_', ' ')} {cut:.3f}")
+    cuts = view["cuts"]
+    if len(cuts) == 2 and cuts["assist_from"] == cuts["accept_from"]:
+        # a band of width 0: one line, or the dotted one would hide under the dashed
+        ax.axvline(cuts["accept_from"], color="black", linestyle="--", linewidth=1.2,
+                   label=f"accept from {cuts['accept_from']:.3f}\n(band width 0: no assist)")
+    else:
+        for name, style in (("assist_from", ":"), ("accept_from", "--")):
+            if name in cuts:
+                ax.axvline(cuts[name], color="black", linestyle=style, linewidth=1.2,
+                           label=f"{name.replace('_', ' ')} {cuts[name]:.3f}")
     ax.set(xlabel="calibrated confidence", ylabel="samples", xlim=(0, 1),
            title=f"Confidence by decision on val_calib (policy {view['rule']})")
-    ax.set_ylim(0, max(1.0, bottom.max()) * 1.2)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_ylim(0, max(1.0, bottom.max()) * 1.1)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     _save(fig, path)
 
 
 def risk_coverage_curve(view: dict[str, Any], path: Path) -> None:
     """Selective risk against coverage over all thresholds, every rule's point, and the
-    policy's operating point as a star."""
-    fig, ax = plt.subplots(figsize=(6.2, 4.4))
+    policy's operating point as a star. The rules' points are drawn over the star (the
+    policy is one of them, at the same place) and the legend goes under the axes:
+    at low coverage the curve can reach the top of the plot anywhere."""
+    fig, ax = plt.subplots(figsize=(6.2, 5.0))
     curve = [p for p in view["curve"] if p["selective_risk"] is not None]
     ax.plot([p["coverage"] for p in curve], [p["selective_risk"] for p in curve], color="tab:blue",
             label="accept at confidence >= tau, every tau")
-    for name, point in view["rules"].items():
-        ax.scatter([point["coverage"]], [point["selective_risk"]], s=36, zorder=3, label=name)
     chosen = view["chosen"]
     if chosen["selective_risk"] is not None:
-        ax.scatter([chosen["coverage"]], [chosen["selective_risk"]], marker="*", s=260, color="gold",
-                   edgecolor="black", zorder=4, label=f"policy ({chosen['rule']})")
+        ax.scatter([chosen["coverage"]], [chosen["selective_risk"]], marker="*", s=320, color="gold",
+                   edgecolor="black", zorder=3, label=f"policy ({chosen['rule']})")
         ax.annotate(f"coverage {chosen['coverage']:.2f}\nrisk {chosen['selective_risk']:.3f}",
                     (chosen["coverage"], chosen["selective_risk"]), xytext=(-70, 18),
                     textcoords="offset points", fontsize=8, arrowprops={"arrowstyle": "->", "lw": 0.8})
+    for name, point in view["rules"].items():
+        ax.scatter([point["coverage"]], [point["selective_risk"]], s=30, zorder=4, edgecolor="black",
+                   linewidth=0.6, label=name, color=RULE_COLORS.get(name, "tab:gray"))
     ax.set(xlabel="coverage (share accepted)", ylabel="selective risk (errors among accepted)",
            xlim=(0, 1.02), title="Risk-coverage on val_calib")
     ax.set_ylim(bottom=0, top=max([p["selective_risk"] for p in curve] + [0.05]) * 1.15)
-    ax.legend(fontsize=7.5, loc="upper left")
+    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     fig.tight_layout()
     _save(fig, path)
 

@@ -73,7 +73,8 @@ def predict_outputs(
         ds.map_batches(_tag, fn_kwargs={"name": name}, batch_format="numpy")
         for name, ds in split_datasets.items()
     ]
-    combined = tagged[0].union(*tagged[1:])
+    # Ray Data plans a union of one dataset as an error (its planner wants two inputs)
+    combined = tagged[0] if len(tagged) == 1 else tagged[0].union(*tagged[1:])
     predicted = preprocess_dataset(combined, spec, keep=(SPLIT_TAG, *keep)).map_batches(
         LogitsPredictor,
         fn_constructor_kwargs={"model_dir": str(model_dir), "features": features, "keep": keep},

@@ -5,6 +5,7 @@ the meaning map, and the storyboard."""
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -61,33 +62,53 @@ def draw_meaning_map(projection: dict[str, Any], rows: list[dict[str, Any]], lab
     plt.close(fig)
 
 
+def _storyboard_rows(storyboard: dict[str, Any]) -> list[tuple[str, list[tuple[str, dict[str, Any]]], str]]:
+    """(row label, [(thumbnail title, example)], note when the row is empty) for each
+    outcome and then the confused pairs: one example per pair, the most confident
+    confusion, titled with the pair and how often it is confused."""
+    rows: list[tuple[str, list[tuple[str, dict[str, Any]]], str]] = []
+    for category in CATEGORIES:
+        entry = storyboard["categories"][category]
+        shown = [(f"{e['label']} → {e['prediction']}\n{e['confidence']:.3f}", e) for e in entry["examples"]]
+        rows.append((f"{category.replace('_', ' ')}\n({entry['count']})", shown, entry["reason"] or "none on val_test"))
+    pairs = [(f"{' / '.join(p['classes'])}: {p['count']}×\n{p['examples'][0]['label']} → "
+              f"{p['examples'][0]['prediction']} {p['examples'][0]['confidence']:.3f}", p["examples"][0])
+             for p in storyboard["confused_pairs"] if p["examples"]]
+    rows.append((f"confused\npairs ({len(storyboard['confused_pairs'])})", pairs, "no confusions on val_test"))
+    return rows
+
+
 def draw_storyboard(storyboard: dict[str, Any], images: dict[str, bytes], path: Path) -> None:
     """Images only: one row per outcome, its examples as thumbnails titled
-    `label -> prediction` and the calibrated confidence."""
-    per_row = max([len(storyboard["categories"][c]["examples"]) for c in CATEGORIES] + [1])
-    fig, axes = plt.subplots(len(CATEGORIES), per_row, figsize=(1.45 * per_row + 1.6, 1.85 * len(CATEGORIES)),
+    `label → prediction` and the calibrated confidence (three decimals: at two, the
+    most confident examples all read 1.00), then a row of the most confused pairs."""
+    rows = _storyboard_rows(storyboard)
+    per_row = max([len(shown) for _, shown, _ in rows] + [1])
+    # at least 5.5 inches wide: the title and a row's note need it when few examples are shown
+    fig, axes = plt.subplots(len(rows), per_row, figsize=(max(5.5, 1.5 * per_row + 1.7), 1.9 * len(rows) + 0.3),
                              squeeze=False)
-    for row, category in enumerate(CATEGORIES):
-        entry = storyboard["categories"][category]
+    for row, (label, shown, empty_note) in enumerate(rows):
         for column in range(per_row):
             ax = axes[row][column]
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set_visible(False)
-            if column < len(entry["examples"]):
-                example = entry["examples"][column]
+            ax.set_facecolor("none")  # so that a row's note runs on over the empty axes beside it
+            if column < len(shown):
+                title, example = shown[column]
                 with Image.open(io.BytesIO(images[example["id"]])) as image:
                     pixels = np.asarray(image.convert("RGB"))
                 ax.imshow(pixels, interpolation="nearest")
-                ax.set_title(f"{example['label']} → {example['prediction']}\n{example['confidence']:.2f}", fontsize=8,
-                             color="black" if example["correct"] else "tab:red")
-        note = f"{category.replace('_', ' ')}\n({entry['count']})"
-        axes[row][0].set_ylabel(note, fontsize=9, rotation=0, ha="right", va="center", labelpad=8)
-        if not entry["examples"]:
-            axes[row][0].text(0.0, 0.5, entry["reason"] or "none on val_test", fontsize=8,
-                              transform=axes[row][0].transAxes, va="center")
-    fig.suptitle("Storyboard on val_test: true → predicted, calibrated confidence (red: wrong)", fontsize=10)
+                ax.set_title(title, fontsize=8, color="black" if example["correct"] else "tab:red")
+        axes[row][0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center", labelpad=8)
+        if not shown:
+            # wrapped to the row's width and left out of the layout: the row's axes are
+            # empty, and tight_layout would otherwise give up on the whole figure
+            note = axes[row][0].text(0.0, 0.5, textwrap.fill(empty_note, width=22 * per_row), fontsize=8,
+                                     transform=axes[row][0].transAxes, va="center")
+            note.set_in_layout(False)
+    fig.suptitle("Storyboard on val_test\ntrue → predicted, calibrated confidence (red: wrong)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -161,11 +182,16 @@ def write_insights_report(
         ]) + [""]
     lines += ["### most confused class pairs", ""]
     if storyboard["confused_pairs"]:
-        lines += _table(("classes", "confusions", "by direction", "example ids"), [
+        lines += _table(("classes", "confusions", "by direction"), [
             (" / ".join(p["classes"]), str(p["count"]),
-             ", ".join(f"{d['label']} as {d['prediction']}: {d['count']}" for d in p["directions"]),
-             ", ".join(f"`{e['id']}`" for e in p["examples"]))
+             ", ".join(f"{d['label']} as {d['prediction']}: {d['count']}" for d in p["directions"]))
             for p in storyboard["confused_pairs"]
+        ]) + ["", "Their examples, most confident confusion first:", ""]
+        # the examples in full, as for the outcomes above: an id alone says nothing in a text run
+        lines += _table(("pair", "id", "true", "predicted", "confidence", "decision") + (("text",) if texts else ()), [
+            (" / ".join(p["classes"]), f"`{e['id']}`", e["label"], e["prediction"], f"{e['confidence']:.3f}",
+             e["decision"]) + ((_cell(texts.get(e["id"], "")),) if texts else ())
+            for p in storyboard["confused_pairs"] for e in p["examples"]
         ]) + [""]
     else:
         lines += ["No confusions on val_test.", ""]

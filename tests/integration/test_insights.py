@@ -120,6 +120,15 @@ def test_meaning_map_is_deterministic_cached_and_recomputed_for_new_settings(
     sampled = meaning_map(run, max_points=20)
     assert calls == ["pca", "tsne", "pca"] and sampled["rows"] == {
         "total": first["rows"]["total"], "shown": 20, "max_points": 20, "sampled": True}
+    # a sampled map made again from nothing (its cache file gone) is the same for its
+    # seed; another seed samples other rows, under another key
+    (run.root / "insights" / "maps" / f"pca_{sampled['key']}.json").unlink()
+    remade = meaning_map(run, max_points=20)
+    assert calls == ["pca", "tsne", "pca", "pca"] and not remade["cached"]
+    assert remade["points"] == sampled["points"] and remade["key"] == sampled["key"]
+    reseeded = meaning_map(run, max_points=20, seed=sampled["seed"] + 1)
+    assert calls[-1] == "pca" and len(calls) == 5 and reseeded["key"] != sampled["key"]
+    assert {p["id"] for p in reseeded["points"]} != {p["id"] for p in sampled["points"]}
     with pytest.raises(InsightsError, match="unknown color 'size'"):
         meaning_map(run, color="size")
     with pytest.raises(InsightsError, match="unknown meaning-map method 'umap'"):

@@ -242,3 +242,56 @@ def test_flops_of_a_tiny_vit_match_a_hand_count() -> None:
     model.backbone.requires_grad_(False)
     frozen = model_flops(model, batch)["backward"]
     assert frozen < 0.6 * counted["backward"]
+
+
+def test_insights_report_shows_the_confused_pairs_examples_with_their_text(tmp_path) -> None:
+    from ray_app.insights.report import write_insights_report
+
+    table = outcomes("guardrail", n=200, classes=3, seed=5)
+    board = build_storyboard(table, per_category=3, pairs=2)
+    assert board["confused_pairs"]
+    shown = {e["id"] for c in CATEGORIES for e in board["categories"][c]["examples"]}
+    shown |= {e["id"] for p in board["confused_pairs"] for e in p["examples"]}
+    texts = {i: f"review number {i}" for i in shown}
+    projection = {"method": "pca", "ids": [], "x": [], "y": []}
+    model = {"description": "bert-h32-l2 baseline", "accuracy": 0.7, "macro_f1": 0.69}
+    report = write_insights_report(tmp_path, "r", model, None, None, projection, board, texts,
+                                   storyboard_png=False).read_text()
+    section = report.split("### most confused class pairs", 1)[1]
+    for pair in board["confused_pairs"]:
+        for e in pair["examples"]:
+            # each example of a pair on its own line, with its outcome and its text
+            line = next(x for x in section.splitlines() if f"`{e['id']}`" in x)
+            assert f"| {e['label']} | {e['prediction']} | {e['confidence']:.3f} | {e['decision']} |" in line
+            assert texts[e["id"]] in line
+    assert "![storyboard]" not in report
+
+
+def test_storyboard_picture_has_a_row_per_outcome_and_one_for_the_confused_pairs(tmp_path) -> None:
+    import io
+
+    from PIL import Image
+
+    from ray_app.insights.report import _storyboard_rows, draw_storyboard
+
+    table = outcomes("guardrail", n=200, classes=3, seed=5)
+    board = build_storyboard(table, per_category=3, pairs=2)
+    rows = _storyboard_rows(board)
+    assert [label.split("\n")[0] for label, _, _ in rows] == [c.replace("_", " ") for c in CATEGORIES] + ["confused"]
+    pairs_row = rows[-1][1]
+    assert [e for _, e in pairs_row] == [p["examples"][0] for p in board["confused_pairs"]]
+    assert all(title.startswith(" / ".join(p["classes"])) for (title, _), p in zip(pairs_row, board["confused_pairs"],
+                                                                                    strict=True))
+    # three decimals: two would show the most confident examples as 1.00
+    first = board["categories"]["confident_right"]["examples"][0]
+    assert rows[0][1][0][0].endswith(f"{first['confidence']:.3f}")
+
+    def png(shade: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("L", (8, 8), shade).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    images = {e["id"]: png(i % 256) for i, (_, shown, _) in enumerate(rows) for _, e in shown}
+    draw_storyboard(board, images, tmp_path / "storyboard.png")
+    with Image.open(tmp_path / "storyboard.png") as picture:
+        assert picture.size[0] > 300 and picture.size[1] > 5 * 150  # five rows of thumbnails
