@@ -155,6 +155,20 @@ def start_serving(config: ServeConfig) -> str:
     return f"http://{host}:{config.port}{config.route_prefix.rstrip('/')}"
 
 
+# serve.shutdown() can wait forever: with the throughput profile the controller may be
+# killed while its graceful_shutdown call is retried without limit. The Ray started
+# here goes down with ray.shutdown() anyway, so waiting longer buys nothing.
+SERVE_SHUTDOWN_TIMEOUT_S = 20.0
+
+
+def _shutdown_serve(serve: Any, echo: Callable[[str], None]) -> None:
+    stopper = threading.Thread(target=serve.shutdown, name="serve-shutdown", daemon=True)
+    stopper.start()
+    stopper.join(SERVE_SHUTDOWN_TIMEOUT_S)
+    if stopper.is_alive():
+        echo(f"Serve did not stop within {SERVE_SHUTDOWN_TIMEOUT_S:.0f} s; stopping its Ray")
+
+
 def serve_until_stopped(config: ServeConfig, echo: Callable[[str], None] = print) -> None:
     """On a local Ray: serve until Ctrl-C or SIGTERM, then shut Serve and Ray down.
     Joined to a cluster (RAY_ADDRESS): deploy and return; the app keeps running there."""
@@ -184,7 +198,7 @@ def serve_until_stopped(config: ServeConfig, echo: Callable[[str], None] = print
             if ray.is_initialized():
                 if not joined:
                     echo("stopping")
-                    serve.shutdown()
+                    _shutdown_serve(serve, echo)
                 ray.shutdown()
         finally:
             signal.signal(signal.SIGTERM, previous)
