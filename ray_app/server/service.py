@@ -204,6 +204,12 @@ class ControlPlane:
             raise NotFound(f"no run named '{name}' under {self.settings.runs_root}")
         return row
 
+    def source_config(self, template: str | None, config: dict[str, Any] | None) -> dict[str, Any]:
+        """The config a request names: a saved template's, or the one it carries."""
+        if template is not None:
+            return self.templates.get(check_name(template, "template")).config
+        return config or {}
+
     def resolve_config(self, raw: dict[str, Any], overrides: list[str]) -> AppConfig:
         """The config a launch would run: overrides applied, its runs root set to this
         service's, local paths made absolute, everything validated at once."""

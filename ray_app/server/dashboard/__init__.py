@@ -95,10 +95,17 @@ def _safe_next(target: str | None) -> str:
     return target if target and target.startswith("/") and not target.startswith("//") else "/"
 
 
+def _login_form(request: Request, target: str, error: str | None = None, status_code: int = 200) -> Response:
+    return pages.TemplateResponse(
+        request, "login.html",
+        {"title": "Sign in", "active": "", "next": target, "error": error, "token_required": True},
+        status_code=status_code,
+    )
+
+
 @router.get("/login")
 def login_page(request: Request, next: str = "/") -> Response:  # noqa: A002 - the query parameter's name
-    return pages.TemplateResponse(request, "login.html", {"title": "Sign in", "active": "", "next": _safe_next(next),
-                                                          "error": None, "token_required": True})
+    return _login_form(request, _safe_next(next))
 
 
 @router.post("/login")
@@ -109,11 +116,9 @@ async def login(request: Request) -> Response:
     target = _safe_next((form.get("next") or ["/"])[0])
     expected = _plane(request).settings.token_value
     if expected is not None and not hmac.compare_digest(token.encode(), expected.encode()):
-        return pages.TemplateResponse(
-            request, "login.html",
-            {"title": "Sign in", "active": "", "next": target, "token_required": True,
-             "error": "That token is not this server's. It is the value of RAY_APP_SERVER_TOKEN where the server runs."},
-            status_code=401,
+        return _login_form(
+            request, target,
+            "That token is not this server's. It is the value of RAY_APP_SERVER_TOKEN where the server runs.", 401,
         )
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/")

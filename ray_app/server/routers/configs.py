@@ -50,6 +50,6 @@ def get_preset(name: str, plane: Plane) -> dict[str, Any]:
 
 @router.post("/configs/resolve", summary="A config (or template) with overrides, validated, every default filled in")
 def resolve_config(request: ConfigRequest, plane: Plane) -> dict[str, Any]:
-    raw = plane.templates.get(check_name(request.template, "template")).config if request.template else request.config
-    cfg = plane.resolve_config(raw or {}, request.overrides)
+    raw = plane.source_config(request.template, request.config)
+    cfg = plane.resolve_config(raw, request.overrides)
     return {"run": run_name(cfg), "config": cfg.resolved_dict()}

@@ -20,7 +20,7 @@ from ray_app.budget import cache_path
 from ray_app.runs import Run
 from ray_app.server.deps import get_plane
 from ray_app.server.models import ConfigRequest
-from ray_app.server.service import ControlPlane, InvalidRequest, check_name
+from ray_app.server.service import ControlPlane, InvalidRequest
 
 router = APIRouter(tags=["insights"])
 Plane = Annotated[ControlPlane, Depends(get_plane)]
@@ -75,8 +75,8 @@ def budget(request: ConfigRequest, plane: Plane) -> dict[str, Any]:
     and preprocessing) is a file read; otherwise `ray-app budget` measures it in a
     process of its own (it may start Ray to plan the splits), so this server's process
     never holds the model or Ray Data."""
-    raw = plane.templates.get(check_name(request.template, "template")).config if request.template else request.config
-    cfg = plane.resolve_config(raw or {}, request.overrides)
+    raw = plane.source_config(request.template, request.config)
+    cfg = plane.resolve_config(raw, request.overrides)
     cached = cache_path(cfg)
     if cached.is_file():
         return {**json.loads(cached.read_text()), "key": cached.stem, "cached": True, "cache_file": str(cached)}

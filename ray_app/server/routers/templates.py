@@ -35,8 +35,8 @@ def list_templates(plane: Plane) -> list[TemplateSummary]:
 @router.post("/suggest", response_model=TemplateSuggestion,
              summary="A generated name and description for a config (or a template plus overrides)")
 def suggest(request: ConfigRequest, plane: Plane) -> TemplateSuggestion:
-    raw = plane.templates.get(check_name(request.template, "template")).config if request.template else request.config
-    return suggest_template(plane.resolve_config(raw or {}, request.overrides))
+    raw = plane.source_config(request.template, request.config)
+    return suggest_template(plane.resolve_config(raw, request.overrides))
 
 
 @router.post("", response_model=Template, status_code=status.HTTP_201_CREATED,
