@@ -385,7 +385,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("# from RAY_APP_SERVE_TOKEN on the cluster or args.token.")
         print(yaml.safe_dump(serve_deploy_config([config], include_token=False), sort_keys=False), end="")
         return 0
-    serve_until_stopped(config, echo=lambda line: print(line, flush=True))
+    try:
+        serve_until_stopped(config, echo=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        # Ray hands the Ctrl-C that stopped the server on again once it has shut down:
+        # the stop itself is complete, so this is a clean exit, not an interruption.
+        pass
     return 0
 
 
