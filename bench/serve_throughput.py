@@ -125,6 +125,35 @@ def machine_busy_s() -> float:
     return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+# Who spends the machine's CPU during a turn, by the process title Ray gives its actors
+# (`ray::ServeReplica:...`) or the command line: the first match names the role.
+CPU_ROLES = (("--load-generator", "load_generator"), ("--naive-server", "naive_servers"),
+             ("haproxy", "haproxy"), ("ServeReplica", "serve_replicas"), ("ProxyActor", "serve_proxy"),
+             ("ServeController", "serve_controller"))
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU-seconds so far of this process's tree, by role. Children that have exited
+    (the load generator once a turn is done) are in the `children_*` times of their
+    parent, this process: those count as the load generator's."""
+    import psutil
+
+    me = psutil.Process()
+    totals: dict[str, float] = {}
+    times = me.cpu_times()
+    totals["bench"] = times.user + times.system
+    totals["load_generator"] = times.children_user + times.children_system
+    for process in me.children(recursive=True):
+        try:
+            title = " ".join(process.cmdline()) or process.name()
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        role = next((name for marker, name in CPU_ROLES if marker in title), "ray_and_others")
+        totals[role] = totals.get(role, 0.0) + times.user + times.system
+    return totals
+
+
 def own_cpu_s() -> float:
     """CPU-seconds of this process and every process under it: the servers, Ray's
     processes (the local Ray is started from here), HAProxy, the load generator. A
@@ -585,6 +614,7 @@ def run_load(url: str, payload_file: Path, total: int, clients: int, max_s: floa
     """One turn of load from a separate process (bounded by count, time and a kill)."""
     settings = {"url": url, "payload_file": str(payload_file), "total": total, "clients": clients, "max_s": max_s,
                 "healthz_url": healthz_url, "expect": expect}
+    roles_before, started = cpu_by_role(), time.monotonic()
     with OtherLoad() as other:
         process = subprocess.Popen([sys.executable, __file__, "--load-generator", json.dumps(settings)],
                                    stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
@@ -593,7 +623,12 @@ def run_load(url: str, payload_file: Path, total: int, clients: int, max_s: floa
         except subprocess.TimeoutExpired:
             process.kill()
             raise
-    return {**json.loads(out.strip().splitlines()[-1]), "other_load_cores": other.cores}
+    elapsed, roles_after = time.monotonic() - started, cpu_by_role()
+    # Cores each role used during the turn (a process that started during it counts in full).
+    cores_by_role = {role: round((roles_after[role] - roles_before.get(role, 0.0)) / elapsed, 2)
+                     for role in sorted(roles_after)}
+    return {**json.loads(out.strip().splitlines()[-1]), "other_load_cores": other.cores,
+            "cores_by_role": {role: cores for role, cores in cores_by_role.items() if cores >= 0.01}}
 
 
 # --- servers ----------------------------------------------------------------------------------
@@ -747,7 +782,7 @@ def run_workload(name: str, directory: Path, args: argparse.Namespace) -> dict[s
                                             healthz_url=f"{servers.urls[server]}/healthz")
                 cell["contended"] = any(cell[k]["other_load_cores"] > CONTENDED_CORES
                                         for k in names_with_limit if k in cell)
-                add_ratios(cell)
+                add_ratios(cell, (result["limit_before"] or {}).get("inputs_per_s"))
                 log(summary_line(name, cell))
                 cells.append(cell)
         result["cells"] = cells
@@ -766,11 +801,16 @@ def run_workload(name: str, directory: Path, args: argparse.Namespace) -> dict[s
     return result
 
 
-def add_ratios(cell: dict[str, Any]) -> None:
+def add_ratios(cell: dict[str, Any], limit_sweep_rate: float | None) -> None:
+    """serve over each naive server and over the limit measured in the cell; also over
+    the sweep's limit before the servers started, which runs without idle servers beside
+    it and is the higher, stricter limit the target is judged against."""
     serve_rate = cell["serve"]["inputs_per_s"]
     for server in [k for k in cell if k.startswith("naive-") or k == "limit"]:
         rate = cell[server]["inputs_per_s"]
         cell[f"serve_over_{server}"] = round(serve_rate / rate, 2) if rate else None
+    if limit_sweep_rate:
+        cell["serve_over_limit_sweep"] = round(serve_rate / limit_sweep_rate, 2)
 
 
 def summary_line(name: str, cell: dict[str, Any]) -> str:
@@ -782,7 +822,14 @@ def summary_line(name: str, cell: dict[str, Any]) -> str:
     if "limit" in cell:
         parts.append(f"limit {cell['limit']['inputs_per_s']}/s others {cell['limit']['other_load_cores']}")
     parts += [f"{k}={v}" for k, v in cell.items() if k.startswith("serve_over")]
+    parts.append("serve's cores: " + ", ".join(f"{k} {v}" for k, v in cell["serve"].get("cores_by_role", {}).items()))
     return " | ".join(parts)
+
+
+def strictest_limit_ratio(cell: dict[str, Any]) -> float:
+    """serve over the higher of the two limits (in the cell, and the sweep before)."""
+    ratios = [cell[k] for k in ("serve_over_limit", "serve_over_limit_sweep") if cell.get(k)]
+    return min(ratios) if ratios else 0.0
 
 
 def evaluate_targets(workloads: dict[str, Any]) -> dict[str, Any]:
@@ -802,10 +849,11 @@ def evaluate_targets(workloads: dict[str, Any]) -> dict[str, Any]:
         checks.append({
             "clients": cell["clients"],
             "serve_over_naive_1": cell["serve_over_naive-1"], "target_naive": 1.5,
-            "serve_over_limit": cell.get("serve_over_limit"), "target_limit": 0.8,
+            "serve_over_limit": cell.get("serve_over_limit"),
+            "serve_over_limit_sweep": cell.get("serve_over_limit_sweep"), "target_limit": 0.8,
             "p99_ms": serve["p99_ms"], "naive_1_p99_ms": naive["p99_ms"], "errors": serve["errors"],
             "contended": cell["contended"],
-            "met": bool(cell["serve_over_naive-1"] >= 1.5 and (cell.get("serve_over_limit") or 0) >= 0.8
+            "met": bool(cell["serve_over_naive-1"] >= 1.5 and strictest_limit_ratio(cell) >= 0.8
                         and serve["p99_ms"] < naive["p99_ms"] and serve["errors"] == 0),
         })
     result: dict[str, Any] = {"text_32_64_clients": checks}
@@ -822,13 +870,14 @@ def print_table(result: dict[str, Any]) -> None:
         log(f"\n{name}: {workload['model']}; limit sweep {limit_rate} inputs/s")
         servers = [k for k in workload["cells"][0] if k == "serve" or k.startswith("naive-")]
         log("| inputs/req | clients | " + " | ".join(f"{s} inputs/s (p50 / p99 ms, err)" for s in servers)
-            + " | limit inputs/s | serve / naive-1 | serve / limit | contended |")
+            + " | limit inputs/s | serve / naive-1 | serve / limit (in cell, sweep) | contended |")
         for cell in workload["cells"]:
             row = [str(cell["inputs_per_request"]), str(cell["clients"])]
             row += [f"{cell[s]['inputs_per_s']} ({cell[s]['p50_ms']:.0f} / {cell[s]['p99_ms']:.0f}, {cell[s]['errors']})"
                     for s in servers]
             row += [str(cell.get("limit", {}).get("inputs_per_s")), str(cell.get("serve_over_naive-1")),
-                    str(cell.get("serve_over_limit")), "yes" if cell["contended"] else ""]
+                    f"{cell.get('serve_over_limit')}, {cell.get('serve_over_limit_sweep')}",
+                    "yes" if cell["contended"] else ""]
             log("| " + " | ".join(row) + " |")
 
 
