@@ -176,6 +176,7 @@ def serve_until_stopped(config: ServeConfig, echo: Callable[[str], None] = print
 
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    previous_interrupt = signal.getsignal(signal.SIGINT)
     joined = bool(os.environ.get("RAY_ADDRESS"))
     try:
         url = start_serving(config)
@@ -185,15 +186,16 @@ def serve_until_stopped(config: ServeConfig, echo: Callable[[str], None] = print
         if joined:
             echo("deployed on the cluster at RAY_ADDRESS; `serve shutdown` there stops it")
             return
+        # Ctrl-C sets the same event as SIGTERM rather than raising KeyboardInterrupt:
+        # with Ray's threads and handlers in this process, an interrupt raised in the main
+        # thread was sometimes never seen, and the server kept running.
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
         echo("Ctrl-C stops")
-        try:
-            while not stop.wait(0.5):
-                pass
-        except KeyboardInterrupt:
+        while not stop.wait(0.5):
             pass
     finally:
         # A second Ctrl-C during the few seconds of shutdown must not abort it halfway.
-        previous_interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             if ray.is_initialized():
                 if not joined:

@@ -168,7 +168,9 @@ def test_reconfigure_changes_decisions_without_a_restart(endpoint: str, deploy_a
         # accept nothing: every confidence is below a threshold of 1.0 minus a hair
         deploy_apps(smoke=LIMITS | {"policy": {"temperature": temperature, "rule": "threshold", "threshold": 0.999999}})
         after_meta = requests.get(f"{endpoint}/metadata", timeout=10).json()
-        after = requests.post(f"{endpoint}/predict", json=payload, timeout=30).json()["predictions"]
+        answered = requests.post(f"{endpoint}/predict", json=payload, timeout=30)
+        assert answered.status_code == 200, answered.text  # answered on, through the reconfigure
+        after = answered.json()["predictions"]
     finally:
         deploy_apps(smoke=LIMITS)
     assert after_meta["replica"]["id"] == before_meta["replica"]["id"]
