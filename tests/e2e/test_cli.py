@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import shutil
 import signal
@@ -255,9 +256,11 @@ def serve_one_prediction(bundle: Path, val_test: Path) -> dict:
     """`ray-app serve BUNDLE` in its own process: wait for its URL, POST one PNG from
     val_test, stop it with Ctrl-C and check it exits cleanly."""
     port = free_port()
+    # Its own process group: if it does not stop, the whole group (its Ray, whose Serve
+    # would hold the replica ports the later Serve tests need) is killed, not left behind.
     server = subprocess.Popen(
         [sys.executable, "-m", "ray_app", "serve", str(bundle), "--port", str(port)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     lines: list[str] = []
     try:
@@ -273,7 +276,11 @@ def serve_one_prediction(bundle: Path, val_test: Path) -> dict:
         return response.json()
     finally:
         server.send_signal(signal.SIGINT)
-        rest, _ = server.communicate(timeout=120)
+        try:
+            rest, _ = server.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            raise
         assert server.returncode == 0, "".join(lines[-20:]) + rest[-3000:]
         assert "stopping" in rest and "Traceback" not in rest
 
