@@ -133,16 +133,16 @@ CPU_ROLES = (("--load-generator", "load_generator"), ("--naive-server", "naive_s
 
 
 def cpu_by_role() -> dict[str, float]:
-    """CPU-seconds so far of this process's tree, by role. Children that have exited
-    (the load generator once a turn is done) are in the `children_*` times of their
-    parent, this process: those count as the load generator's."""
+    """CPU-seconds so far of this process and every process under it (the servers,
+    Ray's processes — the local Ray is started from here —, HAProxy, the load
+    generator), by role. A process's `children_*` times hold its children that have
+    exited: this process's are the load generators of finished turns, a live
+    process's count in its own role."""
     import psutil
 
     me = psutil.Process()
-    totals: dict[str, float] = {}
     times = me.cpu_times()
-    totals["bench"] = times.user + times.system
-    totals["load_generator"] = times.children_user + times.children_system
+    totals = {"bench": times.user + times.system, "load_generator": times.children_user + times.children_system}
     for process in me.children(recursive=True):
         try:
             title = " ".join(process.cmdline()) or process.name()
@@ -150,26 +150,13 @@ def cpu_by_role() -> dict[str, float]:
         except psutil.Error:
             continue
         role = next((name for marker, name in CPU_ROLES if marker in title), "ray_and_others")
-        totals[role] = totals.get(role, 0.0) + times.user + times.system
+        totals[role] = totals.get(role, 0.0) + times.user + times.system + times.children_user + times.children_system
     return totals
 
 
 def own_cpu_s() -> float:
-    """CPU-seconds of this process and every process under it: the servers, Ray's
-    processes (the local Ray is started from here), HAProxy, the load generator. A
-    process's `children_*` times hold its children that have exited (the load
-    generator once it is done), live ones are counted themselves."""
-    import psutil
-
-    me = psutil.Process()
-    total = 0.0
-    for process in [me, *me.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
+    """CPU-seconds of this process and every process under it (see `cpu_by_role`)."""
+    return sum(cpu_by_role().values())
 
 
 class OtherLoad:
@@ -625,8 +612,8 @@ def run_load(url: str, payload_file: Path, total: int, clients: int, max_s: floa
             raise
     elapsed, roles_after = time.monotonic() - started, cpu_by_role()
     # Cores each role used during the turn (a process that started during it counts in full).
-    cores_by_role = {role: round((roles_after[role] - roles_before.get(role, 0.0)) / elapsed, 2)
-                     for role in sorted(roles_after)}
+    cores_by_role = {role: round((spent - roles_before.get(role, 0.0)) / elapsed, 2)
+                     for role, spent in sorted(roles_after.items())}
     return {**json.loads(out.strip().splitlines()[-1]), "other_load_cores": other.cores,
             "cores_by_role": {role: cores for role, cores in cores_by_role.items() if cores >= 0.01}}
 

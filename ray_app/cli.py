@@ -388,8 +388,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         serve_until_stopped(config, echo=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
-        # Ray hands the Ctrl-C that stopped the server on again once it has shut down:
-        # the stop itself is complete, so this is a clean exit, not an interruption.
+        # A Ctrl-C before serve_until_stopped takes Ctrl-C over (while Serve starts), or
+        # one Ray hands on again after the stop: Serve and Ray are already shut down by
+        # serve_until_stopped's cleanup, so the exit is clean, not an interruption.
         pass
     return 0
 
