@@ -11,7 +11,7 @@ templates) and `train/metrics.jsonl` of a few epochs. One of them has a
 
 Two servers on loopback under uvicorn, in this process:
 
-* ray-app: `ray_app.server.app.create_app` on that runs root, without Ray
+* ray-app: `ray_app.control_plane.app.create_app` on that runs root, without Ray
   (`ray_jobs=False`: these reads never need a job server), its sqlite run index
   refreshed in the background as `ray-app server` does;
 * naive: the same two endpoints and answers without an index: GET /api/v1/runs reads
@@ -67,6 +67,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as `python bench/control_plane.py` from anywhere
     sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results" / "control_plane.json"
+
+from ray_app.runs import METADATA_FILE, Run  # noqa: E402
 
 LIST_QUERY = "/api/v1/runs?status=succeeded&family=vit&limit=50"
 METRICS_QUERY = "/api/v1/runs/{name}/metrics?limit=20&order=desc"
@@ -135,7 +137,7 @@ def _stage(rng: random.Random, status: str, started: float, seconds: float, **fi
 
 
 def _metrics_row(epoch: int, rng: random.Random, epochs: int, best_epoch: int) -> dict[str, Any]:
-    """One epoch's row, with the trainer's columns (trainers.baseline)."""
+    """One epoch's row, with the trainer's columns (trainers.train_loop)."""
     progress = (epoch + 1) / epochs
     loss = 2.3 * math.exp(-3 * progress) + rng.uniform(0, 0.05)
     accuracy = min(0.99, 0.3 + 0.65 * progress + rng.uniform(-0.02, 0.02))
@@ -189,7 +191,7 @@ def _metadata(name: str, status: str, created: float, epochs: int, best: dict[st
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    # The layout of ray_app.runs.write_json_atomic: what the index and the naive server parse.
+    # The layout of ray_app.runs.write_json: what the index and the naive server parse.
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
@@ -208,18 +210,18 @@ def generate_runs(runs_root: Path, runs: int, long_rows: int, seed: int = 0, run
         # A few runs still running, as on a live service: the index re-reads those on every pass.
         status = "succeeded" if long else ("running" if i <= running else rng.choice(statuses))
         name = LONG_RUN if long else f"{variant.family}_{variant.mode}_{i:05d}_s{i % 7}"
-        root = runs_root / name
-        (root / "train").mkdir(parents=True)
-        (root / "config.yaml").write_text(f"seed: {i % 7}\n" + variant.text.removeprefix("seed: 0\n"))
+        run = Run.under(runs_root, name)
+        run.train.root.mkdir(parents=True)
+        run.config_path.write_text(f"seed: {i % 7}\n" + variant.text.removeprefix("seed: 0\n"))
         epochs = rng.randint(3, 30) if not long else long_rows
         rows = [_metrics_row(e, rng, epochs, epochs - 1) for e in range(min(epochs, 30))]
         best = max(rows, key=lambda r: r["val_select/accuracy"])
         best_metrics = {k: best[k] for k in ("val_select/accuracy", "val_select/loss", "val_select/macro_f1")}
         template = rng.choice(TEMPLATES) if rng.random() < 2 / 3 else None
         created = start + rng.uniform(0, 300 * 86400)
-        write_json(root / "metadata.json",
+        write_json(run.metadata_path,
                    _metadata(name, status, created, epochs, best_metrics, best["epoch"], template, rng))
-        with (root / "train" / "metrics.jsonl").open("w") as out:
+        with run.train.metrics.open("w") as out:
             if long:
                 for e in range(long_rows):
                     out.write(json.dumps(_metrics_row(e, rng, long_rows, e), sort_keys=True) + "\n")
@@ -235,11 +237,11 @@ def generate_runs(runs_root: Path, runs: int, long_rows: int, seed: int = 0, run
 
 def naive_rows(runs_root: Path) -> list[dict[str, Any]]:
     """Every run's row, read from its files now: what the index saves a request from."""
-    from ray_app.server.index import ROW_FIELDS, combined_status, summarize_run
+    from ray_app.control_plane.index import ROW_FIELDS, combined_status, summarize_run
 
     rows = []
     for entry in os.scandir(runs_root):
-        if entry.name.startswith(".") or not entry.is_dir() or not os.path.isfile(os.path.join(entry.path, "metadata.json")):
+        if entry.name.startswith(".") or not entry.is_dir() or not os.path.isfile(os.path.join(entry.path, METADATA_FILE)):
             continue
         summary = summarize_run(Path(entry.path))
         status, message = combined_status(summary["meta_status"], summary["meta_message"], None)
@@ -250,7 +252,7 @@ def naive_rows(runs_root: Path) -> list[dict[str, Any]]:
 
 def naive_list(runs_root: Path, status: str | None, family: str | None, template: str | None, text: str | None,
                sort: str, descending: bool | None, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
-    from ray_app.server.index import SORT_KEYS
+    from ray_app.control_plane.index import SORT_KEYS
 
     rows = [
         r for r in naive_rows(runs_root)
@@ -295,7 +297,7 @@ def create_naive_app(runs_root: Path) -> Any:
 
     from fastapi import FastAPI, HTTPException, Query
 
-    from ray_app.server.models import RunList, RunSummary, SortKey
+    from ray_app.control_plane.models import RunList, RunSummary, SortKey
 
     app = FastAPI(title="naive control plane")
 
@@ -322,10 +324,10 @@ def create_naive_app(runs_root: Path) -> Any:
         order: Literal["asc", "desc"] = "asc",
         since_epoch: Annotated[int | None, Query(ge=-1)] = None,
     ) -> dict[str, Any]:
-        if not (runs_root / name / "metadata.json").is_file():
+        if not Run.under(runs_root, name).exists():
             raise HTTPException(404, f"no run named '{name}'")
         wanted = [k.strip() for k in keys.split(",") if k.strip()] if keys else None
-        return {"run": name, "rows": naive_metrics(runs_root / name / "train" / "metrics.jsonl", limit, order,
+        return {"run": name, "rows": naive_metrics(Run.under(runs_root, name).train.metrics, limit, order,
                                                    since_epoch, wanted)}
 
     return app
@@ -333,8 +335,8 @@ def create_naive_app(runs_root: Path) -> Any:
 
 def create_ray_app(runs_root: Path) -> Any:
     """ray-app's control plane on `runs_root`, without Ray (reads need no job server)."""
-    from ray_app.server.app import create_app
-    from ray_app.server.settings import ServerSettings
+    from ray_app.control_plane.app import create_app
+    from ray_app.control_plane.settings import ServerSettings
 
     return create_app(ServerSettings(runs_root=runs_root, ray_jobs=False, token=None))
 
@@ -414,8 +416,8 @@ def time_index(runs_root: Path, changes: int = 5, repeats: int = 5) -> dict[str,
     """The run index's first build from `runs_root`, then refreshes: with nothing changed,
     and after one run's metadata.json changed. Leaves the built index where the server
     finds it."""
-    from ray_app.server.index import RunIndex
-    from ray_app.server.settings import ServerSettings
+    from ray_app.control_plane.index import RunIndex
+    from ray_app.control_plane.settings import ServerSettings
 
     path = ServerSettings(runs_root=runs_root).index_path
     path.unlink(missing_ok=True)
@@ -430,7 +432,7 @@ def time_index(runs_root: Path, changes: int = 5, repeats: int = 5) -> dict[str,
         unchanged.append(time.perf_counter() - started)
     names = sorted(p.name for p in runs_root.iterdir() if p.name != LONG_RUN and not p.name.startswith("."))
     for name in random.Random(1).sample(names, changes):
-        meta_path = runs_root / name / "metadata.json"
+        meta_path = Run.under(runs_root, name).metadata_path
         meta = json.loads(meta_path.read_text())
         meta["stages"]["train"]["best"]["val_select/accuracy"] = 0.5
         write_json(meta_path, meta)

@@ -12,8 +12,8 @@ One backbone, one data set and one number of optimizer steps, trained three ways
 * explora: the same with `unfreeze_last_blocks: 1` (adapters on all blocks but the
   last, which is trained in full).
 
-All modes share the training step of `trainers/baseline.py`: AdamW on
-`trainers.baseline.param_groups` (trainable tensors only), the cosine schedule with
+All modes share the training step of `trainers/train_loop.py`: AdamW on
+`trainers.train_loop.param_groups` (trainable tensors only), the cosine schedule with
 warmup, cross-entropy on the logits, gradient clipping, the config's batch size and
 learning rate. The data are scikit-learn's 1,797 digits encoded as PNG exactly as
 `ray_app.sources` does for `kind: sklearn_digits`, then decoded, resized and
@@ -100,10 +100,10 @@ from ray_app.config import AppConfig, load_config
 from ray_app.errors import UserError
 from ray_app.sources import encoded_digits
 from trainers.adapters import PeftSetup, PeftSetupError, check_peft_setup
-from trainers.baseline import param_groups
 from trainers.config import PeftConfig
 from trainers.model import Classifier, backbone_skeleton, build_classifier
 from trainers.preprocess import LABEL_KEY, ImageSpec, preprocess_image_batch, resolve_image_spec
+from trainers.train_loop import param_groups
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "digits.yaml"

@@ -17,7 +17,7 @@ Per workload, one bundle built here with the project's own code (`build_classifi
 
 Served three ways on loopback, all up at once, the same requests:
 
-* serve: `ray-app serve` as users run it (`ray_app.serving.start_serving`), with its
+* serve: `ray-app serve` as users run it (`ray_app.cli.serve.start_serving`), with its
   defaults: HAProxy ingress, replicas and threads from the CPUs, `@serve.batch`;
 * naive-1: FastAPI on one uvicorn process, one forward per request on the event loop,
   torch's default threads (all cores);
@@ -230,13 +230,13 @@ def build_digits(directory: Path) -> Workload:
     from sklearn.datasets import load_digits
 
     from ray_app.config import load_config
-    from ray_app.pipeline import resolve_input_spec
+    from ray_app.stages.context import StageContext
     from trainers.model import build_classifier
 
     cfg = load_config(REPO / "configs" / "digits.yaml")
     torch.manual_seed(0)
     bundle = export(build_classifier(cfg.model, 10).eval(), cfg.model, [str(i) for i in range(10)],
-                    resolve_input_spec(cfg), directory, "bench-digits")
+                    StageContext.for_config(cfg).input_spec, directory, "bench-digits")
     images = np.rint(load_digits().images[:256] * (255.0 / 16.0)).astype(np.uint8)
     return Workload("digits", bundle, "configs/digits.yaml: ViT, 4 layers, hidden 64, 8x8 grayscale PNGs",
                     [{"image": encode_png(image, "L")} for image in images])
@@ -664,10 +664,9 @@ class Servers:
             self.processes.append(subprocess.Popen([sys.executable, __file__, "--naive-server", json.dumps(settings)],
                                                    stdout=sys.stderr, stderr=sys.stderr, start_new_session=True))
             self.urls[name] = f"http://127.0.0.1:{port}"
-        from ray_app.serving import start_serving
-        from serve.config import ServeConfig
-
+        from ray_app.cli.serve import start_serving
         from ray_app.config import apply_overrides
+        from serve.config import ServeConfig
 
         raw: dict[str, Any] = {"bundle": str(self.workload.bundle), "port": free_port()}
         if self.args.device == "cuda":
@@ -677,7 +676,7 @@ class Servers:
             raise SystemExit(f"--serve-set: {problems}")
         self.serve_config = ServeConfig.model_validate(raw)
         # Ray's processes copy the driver's environment when it starts them, and values
-        # already set win over ray-app's own (ray_app.serving.serve_environment): this
+        # already set win over ray-app's own (ray_app.ray_runtime.serve_environment): this
         # is how one Serve setting is switched off to measure what it buys.
         for assignment in self.args.serve_env:
             variable, _, value = assignment.partition("=")
@@ -742,7 +741,7 @@ def run_workload(name: str, directory: Path, args: argparse.Namespace) -> dict[s
         names = list(servers.urls)
         result["serve_config"] = servers.serve_config.model_dump(mode="json", exclude={"token"})
         result["serve_replicas"] = servers.serve_config.resolved_num_replicas(cluster_resources())
-        from ray_app.serving import SERVE_ENVIRONMENT
+        from ray_app.ray_runtime import SERVE_ENVIRONMENT
 
         result["serve_environment"] = {k: os.environ.get(k, v) for k, v in SERVE_ENVIRONMENT.items()}
         for server in names:  # warm-up: a few batched requests of every shape on every server

@@ -8,8 +8,8 @@ process and run by:
 * plain: an in-process PyTorch loop (the `train` split preprocessed with
   `preprocess_image_batch` into tensors, a shuffling `DataLoader`, AdamW on
   `param_groups`, the cosine schedule with warmup, gradient clipping, cross-entropy);
-* ray: ray-app's real loop, `trainers.baseline.fit_baseline`, called exactly as
-  `ray_app.pipeline.run_training` calls it (materialized, preprocessed Ray Datasets,
+* ray: ray-app's real loop, `trainers.train_loop.fit_classifier`, called exactly as
+  `ray_app.stages.train.run_training` calls it (materialized, preprocessed Ray Datasets,
   `LoopParams`, the config's scaling: 1 CPU worker by default).
 
 The plain loop runs before and after the Ray loop, so a change in the machine's load
@@ -17,7 +17,7 @@ during the benchmark shows up as `plain_drift`. For each loop it reports steady-
 training throughput (median samples/s over the epochs after the first, warm-up one,
 training steps only) and the ratio ray / plain (target
 >= 0.9), plus the fixed start-up cost: total wall time minus epochs x the median
-per-epoch training time. For ray that is the whole `fit_baseline` call, so it also
+per-epoch training time. For ray that is the whole `fit_classifier` call, so it also
 holds worker start-up, each epoch's validation and checkpointing (see "notes" in the
 JSON).
 
@@ -54,7 +54,6 @@ from typing import Any
 # Before Ray is imported anywhere: keep Ray Data quiet (the workers inherit the env).
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
-import pyarrow.parquet as pq  # noqa: E402
 import ray  # noqa: E402
 import ray.data  # noqa: E402
 import torch  # noqa: E402
@@ -64,12 +63,14 @@ from transformers import get_cosine_schedule_with_warmup  # noqa: E402
 
 from ray_app.config import AppConfig, load_config  # noqa: E402
 from ray_app.errors import UserError  # noqa: E402
-from ray_app.pipeline import ensure_splits, init_ray, resolve_input_spec  # noqa: E402
+from ray_app.ray_runtime import init_ray  # noqa: E402
 from ray_app.runs import Run  # noqa: E402
 from ray_app.splits import SplitReader  # noqa: E402
-from trainers.baseline import LoopParams, fit_baseline, param_groups  # noqa: E402
+from ray_app.stages.context import StageContext  # noqa: E402
+from ray_app.stages.splits import ensure_splits  # noqa: E402
 from trainers.model import build_classifier  # noqa: E402
 from trainers.preprocess import LABEL_KEY, ImageSpec, preprocess_dataset, preprocess_image_batch  # noqa: E402
+from trainers.train_loop import LoopParams, fit_classifier, param_groups  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "digits.yaml"
@@ -119,7 +120,7 @@ def load_bench_config(config: Path, epochs: int, threads: int, storage: Path, ov
 
 def load_train_tensors(run: Run, spec: ImageSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """The train split's rows, preprocessed in-process by the same function Ray Data runs."""
-    table = pq.read_table(run.splits_dir / "train")
+    table = SplitReader(run.splits_dir).read_table("train", "train", columns=["image", "label_id"])
     batch = {
         "image": table.column("image").to_numpy(zero_copy_only=False),
         "label_id": table.column("label_id").to_numpy(),
@@ -226,7 +227,7 @@ class ReportWatcher:
 
 
 def ray_fit(cfg: AppConfig, run: Run, reader: SplitReader, spec: ImageSpec) -> dict[str, Any]:
-    """`fit_baseline` exactly as `ray_app.pipeline.run_training` calls it; the whole call
+    """`fit_classifier` exactly as `ray_app.stages.train.run_training` calls it; the whole call
     is timed, per-epoch training seconds come from its history."""
     summary = reader.summary()
     prep_started = time.perf_counter()
@@ -238,11 +239,11 @@ def ray_fit(cfg: AppConfig, run: Run, reader: SplitReader, spec: ImageSpec) -> d
         num_labels=len(summary["label_names"]),
         train_rows=summary["splits"]["train"]["count"],
         seed=cfg.seed,
-        metrics_dir=str(run.train_dir.resolve()),
+        history=run.train.history_files(),
     )
     started = time.perf_counter()
-    with ReportWatcher(Path(params.metrics_dir) / "metrics.jsonl", started) as watcher:
-        fit = fit_baseline(params, datasets, cfg.scaling, run.train_dir / "ray_storage", run.name)
+    with ReportWatcher(run.train.metrics, started) as watcher:
+        fit = fit_classifier(params, datasets, cfg.scaling, run.train.ray_storage, run.name)
         total_s = time.perf_counter() - started
     return {
         "total_s": total_s,
@@ -340,7 +341,7 @@ def build_report(
         "notes": (
             "samples/s: median over the epochs after the first (warm-up), training steps only "
             "(plain: perf_counter around the DataLoader batch loop; ray: train/seconds from "
-            "fit_baseline's history, which includes starting iter_torch_batches each epoch). "
+            "fit_classifier's history, which includes starting iter_torch_batches each epoch). "
             "The plain loop runs twice, before and after the Ray loop; its rate is the median "
             "over both runs' steady epochs, plain_drift = after/before - 1 shows how much the "
             "machine's load moved meanwhile (noisy = |plain_drift| > 0.1: repeat the run), and "
@@ -348,7 +349,7 @@ def build_report(
             "startup_s = total wall time - epochs x median epoch time. plain total (first, "
             "before-Ray run): model build + optimizer + all epochs (in-process preprocessing "
             "not included). ray total: "
-            "the whole fit_baseline call, so ray_startup_s also holds Ray Train worker "
+            "the whole fit_classifier call, so ray_startup_s also holds Ray Train worker "
             "start-up, per-epoch validation on val_select, per-epoch checkpointing and "
             "metrics writing, and the driver reading the final checkpoint; dataset "
             "preprocess+materialize is reported separately (ray_preprocess_materialize_s). "
@@ -403,9 +404,10 @@ def run_benchmark(args: argparse.Namespace, storage: Path) -> dict[str, Any]:
     machine = machine_info()
     ray.data.DataContext.get_current().enable_progress_bars = False
     init_ray(cfg)
-    run = Run.for_config(cfg)
-    reader = ensure_splits(cfg, run)
-    spec = resolve_input_spec(cfg)
+    ctx = StageContext.for_config(cfg)
+    run = ctx.run
+    reader = ensure_splits(ctx)
+    spec = ctx.input_spec
     if not isinstance(spec, ImageSpec):
         raise SystemExit("train_overhead supports image configs only")
     pixels, labels = load_train_tensors(run, spec)

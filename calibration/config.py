@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from trainers.schema import StrictModel
 
 PolicyRule = Literal["none", "threshold", "guardrail", "risk_control"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class TemperatureConfig(_Section):
+class TemperatureConfig(StrictModel):
     enabled: bool = Field(default=True, description="Fit a temperature T on val_calib (else T = 1).")
     min_temperature: float = Field(default=0.05, gt=0.0, description="Lower bound of the search over T.")
     max_temperature: float = Field(default=20.0, gt=0.0, description="Upper bound of the search over T.")
@@ -28,7 +26,7 @@ class TemperatureConfig(_Section):
         return self
 
 
-class ThresholdConfig(_Section):
+class ThresholdConfig(StrictModel):
     enabled: bool = Field(default=True, description="Sweep a confidence threshold tau.")
     objective: Literal["macro_f1_accepted", "accuracy_at_coverage"] = Field(
         default="macro_f1_accepted",
@@ -43,7 +41,7 @@ class ThresholdConfig(_Section):
     )
 
 
-class GuardrailConfig(_Section):
+class GuardrailConfig(StrictModel):
     enabled: bool = Field(default=True, description="Sweep an accept / assist / abstain band with Ray Tune.")
     center_mode: Literal["fixed", "auto"] = Field(
         default="auto",
@@ -78,7 +76,7 @@ class GuardrailConfig(_Section):
         return self
 
 
-class RiskControlConfig(_Section):
+class RiskControlConfig(StrictModel):
     enabled: bool = Field(default=True, description="Certify a threshold by Learn-then-Test.")
     alpha: float = Field(
         default=0.1, gt=0.0, lt=1.0, description="Largest selective error (errors among accepted) allowed."
@@ -95,7 +93,7 @@ class RiskControlConfig(_Section):
     num_candidates: int = Field(default=200, ge=2, description="Candidate thresholds tested.")
 
 
-class CalibrationConfig(_Section):
+class CalibrationConfig(StrictModel):
     temperature: TemperatureConfig = Field(default_factory=TemperatureConfig, description="Temperature scaling.")
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig, description="Threshold sweep.")
     guardrail: GuardrailConfig = Field(default_factory=GuardrailConfig, description="Uncertainty band.")

@@ -66,18 +66,6 @@ def select_best(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return max(rows, key=lambda r: (r["feasible"], r["accepted_accuracy"], r["coverage"], -r["width"], -r["center"]))
 
 
-def exhaustive_guardrail(
-    confidence: np.ndarray, correct: np.ndarray, centers: list[float], widths: list[float],
-    max_assist_rate: float, min_coverage: float,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The reference: every (c, w) evaluated in-process, no Ray."""
-    rows = [
-        guardrail_metrics(confidence, correct, c, w, max_assist_rate, min_coverage)
-        for c in centers for w in widths
-    ]
-    return select_best(rows), rows
-
-
 def _guardrail_trial(
     config: dict[str, float], confidence: np.ndarray, correct: np.ndarray, max_assist_rate: float, min_coverage: float
 ) -> None:

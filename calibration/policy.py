@@ -9,16 +9,16 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from calibration.guardrail import ABSTAIN, ACCEPT, guardrail_decisions
 from calibration.metrics import probabilities
+from trainers.schema import StrictModel
 
 POLICY_VERSION = 1
 
 
-class Policy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Policy(StrictModel):
 
     version: int = Field(default=POLICY_VERSION, description="Policy file format version.")
     temperature: float = Field(default=1.0, gt=0.0, description="Divide logits by this before softmax.")

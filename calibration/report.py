@@ -182,7 +182,7 @@ def guardrail_heatmap(view: dict[str, Any], path: Path) -> None:
 
 
 def draw_views(views: dict[str, Any], directory: Path) -> dict[str, str]:
-    """Every plot of `calibration.views.calibration_views` into `directory`; returns
+    """Every plot of `calibration.views.build_views` into `directory`; returns
     {view: file name} for the plots drawn (no guardrail plot when it did not run)."""
     reliability_diagram(views["reliability"], directory / PLOTS["reliability"], views["min_bin_count"])
     decision_histogram(views["decision_histogram"], directory / PLOTS["decision_histogram"])
@@ -201,9 +201,9 @@ def _table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
-def write_report(directory: Path, results: dict[str, Any], plots: dict[str, str] | None = None) -> Path:
-    """report.md; `plots` ({view: file name}, from `draw_views`) are embedded where they
-    belong."""
+def write_report(path: Path, results: dict[str, Any], plots: dict[str, str] | None = None) -> Path:
+    """The calibration report (markdown) at `path`; `plots` ({view: file name beside it},
+    from `draw_views`) are embedded where they belong."""
     plots = plots or {}
     temp = results["temperature"]
     before, after = temp["before"], temp["after"]
@@ -243,6 +243,5 @@ def write_report(directory: Path, results: dict[str, Any], plots: dict[str, str]
         lines += [f"- **risk control** (alpha {r['alpha']}, delta {r['delta']}): {r['message']}"]
     lines += ["", *image("risk_coverage", "risk-coverage"), *image("decision_histogram", "confidence by decision"),
               *image("guardrail", "guardrail sweep")]
-    path = directory / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -164,7 +164,7 @@ def guardrail_heatmap_view(
     }
 
 
-def calibration_views(
+def build_views(
     *,
     uncalibrated: tuple[np.ndarray, np.ndarray],
     calibrated: tuple[np.ndarray, np.ndarray],

@@ -109,22 +109,23 @@ def cache_path(cfg: AppConfig) -> Path:
     return cache_dir(cfg) / f"{budget_key(cfg)}.json"
 
 
+def log_path(cfg: AppConfig) -> Path:
+    """Where what Ray and the micro-benchmark print goes while a budget is measured
+    outside any run."""
+    return cache_dir(cfg) / "budget.log"
+
+
 # --- the data ---------------------------------------------------------------------------
 
 
 def _split_texts_and_counts(cfg: AppConfig, reader: SplitReader | None) -> tuple[dict[str, int], dict[str, list[str]], list[str]]:
     """(rows per split, texts of train and val_select (text data only), label names):
-    from written splits when there are any for this config, else planned from the
-    source the way the splits stage plans them (this needs Ray Data)."""
-    from ray_app.pipeline import _read_and_plan, init_ray, stage_fingerprint
-    from ray_app.runs import Run
-    from ray_app.splits import SplitReader
+    from the written splits of this config when the caller has them, else planned from
+    the source the way the splits stage plans them (this needs Ray Data)."""
+    from ray_app.ray_runtime import init_ray
+    from ray_app.splits import read_and_plan
 
     text = cfg.data.source.modality == "text"
-    if reader is None:
-        run = Run.for_config(cfg)
-        if run.stage_complete("splits", stage_fingerprint(cfg, "splits")):
-            reader = SplitReader(run.splits_dir)
     if reader is not None:
         summary = reader.summary()
         counts = {s: summary["splits"][s]["count"] for s in SPLIT_NAMES}
@@ -134,7 +135,7 @@ def _split_texts_and_counts(cfg: AppConfig, reader: SplitReader | None) -> tuple
         } if text else {}
         return counts, texts, summary["label_names"]
     init_ray(cfg)
-    inspected, plan = _read_and_plan(cfg)
+    inspected, plan = read_and_plan(cfg)
     counts = {s: plan.summary["splits"][s]["count"] for s in SPLIT_NAMES}
     texts: dict[str, list[str]] = {}
     if text:
@@ -250,7 +251,7 @@ def benchmark_steps(model: Any, batch: dict[str, Any], cfg: AppConfig) -> dict[s
     import torch
     import torch.nn.functional as F
 
-    from trainers.baseline import param_groups
+    from trainers.train_loop import param_groups
 
     threads = max(1, int(cfg.scaling.cpus_per_worker))
     previous = torch.get_num_threads()
@@ -357,20 +358,29 @@ def estimate_budget(cfg: AppConfig, reader: SplitReader | None = None) -> dict[s
     }
 
 
+def cached_budget(cfg: AppConfig) -> dict[str, Any] | None:
+    """The budget measured before for the same data, preprocessing, model and machine,
+    or None: a file read, no torch, no Ray."""
+    path = cache_path(cfg)
+    if not path.is_file():
+        return None
+    return {**json.loads(path.read_text()), "key": path.stem, "cached": True, "cache_file": str(path)}
+
+
 def compute_budget(cfg: AppConfig, reader: SplitReader | None = None, use_cache: bool = True) -> dict[str, Any]:
     """The compute budget of `cfg` (see the module's docstring), from the cache when
     the same data, preprocessing and model were sized on this machine before: then
-    it costs a file read. `reader`: the run's splits, when the caller has them."""
-    from ray_app.runs import write_json_atomic
+    it costs a file read. `reader`: the run's splits, when they are written for this
+    config (else they are planned from the source)."""
+    from ray_app.runs import write_json
 
-    key = budget_key(cfg)
-    path = cache_dir(cfg) / f"{key}.json"
-    if use_cache and path.is_file():
-        return {**json.loads(path.read_text()), "key": key, "cached": True, "cache_file": str(path)}
+    cached = cached_budget(cfg) if use_cache else None
+    if cached is not None:
+        return cached
+    path = cache_path(cfg)
     budget = estimate_budget(cfg, reader)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, budget)
-    return {**budget, "key": key, "cached": False, "cache_file": str(path)}
+    write_json(path, budget)
+    return {**budget, "key": path.stem, "cached": False, "cache_file": str(path)}
 
 
 # --- showing it ------------------------------------------------------------------------------

@@ -7,20 +7,20 @@ its dotted path in a single ConfigError (exit 2) rather than one per attempt.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from calibration.config import CalibrationConfig
 from ray_app.errors import ConfigError, DataError, UserError
-from trainers.config import BackboneConfig, ModelConfig, ScalingConfig, StrictModel, TrainingConfig
-from trainers.families import family_and_params
+from trainers.config import ModelConfig, ScalingConfig, TrainingConfig
+from trainers.families import family_and_params, format_value
+from trainers.schema import StrictModel, validation_problems
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -294,8 +294,9 @@ def name_placeholders(pattern: str) -> list[str]:
     return _PLACEHOLDER.findall(pattern)
 
 
-def _lookup_dotted(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
+def get_dotted(tree: dict[str, Any], dotted: str) -> Any:
+    """`tree["a"]["b"]` for "a.b"; KeyError naming the whole path when it is not there."""
+    node: Any = tree
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
             raise KeyError(dotted)
@@ -303,11 +304,27 @@ def _lookup_dotted(config: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> str | None:
+    """Set "a.b" in `tree`, making missing sections; returns the problem when a part of
+    the path is a value, not a section (nothing is set then)."""
+    node = tree
+    path = dotted.split(".")
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            return f"override '{dotted}': '{'.'.join(path[: i + 1])}' is not a section"
+        node = child
+    node[path[-1]] = value
+    return None
+
+
 def _placeholder_ok(cfg: AppConfig, field: str) -> bool:
     if field in DERIVED_PLACEHOLDERS:
         return True
     try:
-        _lookup_dotted(cfg.model_dump(mode="json"), field)
+        get_dotted(cfg.model_dump(mode="json"), field)
     except KeyError:
         return False
     return True
@@ -349,12 +366,6 @@ def check_paths_exist(cfg: AppConfig) -> None:
         )
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def run_name_parts(cfg: AppConfig) -> dict[str, Any]:
     """The derived placeholders of `name_pattern`: dataset, family, backbone, mode, seed."""
     family, backbone = backbone_names(cfg)
@@ -373,8 +384,8 @@ def run_name(cfg: AppConfig) -> str:
 
     def substitute(match: re.Match[str]) -> str:
         field = match.group(1)
-        value = derived[field] if field in derived else _lookup_dotted(full, field)
-        return _format_value(value)
+        value = derived[field] if field in derived else get_dotted(full, field)
+        return format_value(value)
 
     name = _PLACEHOLDER.sub(substitute, cfg.name_pattern)
     # Run names become directory names: keep them portable.
@@ -408,45 +419,6 @@ def parse_overrides(overrides: list[str]) -> tuple[list[tuple[list[str], Any]], 
     return parsed, problems
 
 
-def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> str | None:
-    node = tree
-    for i, part in enumerate(path[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            return f"override '{'.'.join(path)}': '{'.'.join(path[: i + 1])}' is not a section"
-        node = child
-    node[path[-1]] = value
-    return None
-
-
-def _describe(error: dict[str, Any], root: type[BaseModel]) -> str:
-    loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        parent = list(error["loc"][:-1])
-        known = _known_fields(parent, root)
-        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
-        return f"{loc}: unknown key{hint}"
-    message = error["msg"].removeprefix("Value error, ")
-    got = error.get("input")
-    shown = "" if isinstance(got, dict) or error["type"] == "missing" else f" (got {got!r})"
-    return f"{loc}: {message}{shown}"
-
-
-def _known_fields(path: list[Any], root: type[BaseModel]) -> list[str]:
-    model: Any = root
-    for part in path:
-        field = getattr(model, "model_fields", {}).get(str(part))
-        if field is None:
-            return []
-        # An optional section (`PeftConfig | None`): its keys are the model's.
-        members = get_args(field.annotation) or (field.annotation,)
-        model = next((m for m in members if hasattr(m, "model_fields")), field.annotation)
-    return sorted(getattr(model, "model_fields", {}))
-
-
 def validate_model(
     model: type[ModelT], raw: dict[str, Any], source: str, problems: list[str] | None = None
 ) -> ModelT:
@@ -456,7 +428,7 @@ def validate_model(
     try:
         validated = model.model_validate(raw)
     except ValidationError as exc:
-        found += [_describe(e, model) for e in exc.errors()]
+        found += validation_problems(exc, model)
     if found:
         raise ConfigError(found, source)
     return validated
@@ -483,7 +455,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> list[str]:
     """Apply `-o dotted.key=value` overrides to `raw` in place; returns the problems."""
     parsed, problems = parse_overrides(overrides)
     for key_path, value in parsed:
-        problem = _apply_override(raw, key_path, value)
+        problem = set_dotted(raw, ".".join(key_path), value)
         if problem:
             problems.append(problem)
     return problems

@@ -27,11 +27,24 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from ray_app.config import SPLIT_NAMES
 from ray_app.errors import UserError
+from ray_app.progress import Ticker, TrainProgress, terminal_width
 from ray_app.runlog import END_MARK, START_MARK, LogSink, capture_output
+from ray_app.splits import SplitReader
+
+if TYPE_CHECKING:
+    from ray_app.runs import Run
+
+
+class StageView(Protocol):
+    """What the console shows of a stage (`ray_app.stages.Stage`)."""
+
+    name: str
+    progress: str
+
+    def summary(self, info: dict[str, Any]) -> str: ...
 
 # Our own packages: their log records go to the run log; WARNING and above also to the
 # console.
@@ -54,13 +67,6 @@ _ACTIONABLE = re.compile("|".join(ACTIONABLE_PATTERNS))
 
 def is_actionable(line: str) -> bool:
     return bool(_ACTIONABLE.search(line))
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    minutes, secs = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 class Console:
@@ -92,7 +98,7 @@ class Console:
         if not self.interactive:
             return
         with self._lock:
-            width = max(20, _terminal_width(self.out) - 1)
+            width = max(20, terminal_width(self.out) - 1)
             self._transient = text[:width]
             self.out.write("\r" + self._transient + "\x1b[K")
             self.out.flush()
@@ -102,251 +108,55 @@ class Console:
             self.out.write("\r\x1b[K")
             self._transient = ""
 
+    def clear_line(self) -> None:
+        """Remove the transient status line (before something draws its own)."""
+        with self._lock:
+            self._clear_transient()
+
+    def write_line(self, text: str) -> None:
+        """A line on the console only (the caller logs it its own way)."""
+        with self._lock:
+            self.out.write(text + "\n")
+            self.out.flush()
+
+    def log(self, text: str) -> None:
+        """A line in the run's log only."""
+        if self.sink is not None:
+            self.sink.write(text)
+
     def set_stage(self, stage: str) -> None:
         if self.sink is not None:
             self.sink.stage = stage
 
     @contextmanager
-    def stage(self, number: int, total: int, stage: str, run: Any, heading: str | None = None) -> Iterator[None]:
+    def stage(self, number: int, total: int, stage: StageView, run: Run, heading: str | None = None) -> Iterator[None]:
         """One stage: live status meanwhile, one line at the end (a heading first when
         the stage prints lines of its own, as training does per epoch)."""
-        prefix = f"[{number}/{total}] {stage:<9}"
-        self.set_stage(stage)
+        prefix = f"[{number}/{total}] {stage.name:<9}"
+        self.set_stage(stage.name)
         started = time.monotonic()
         if heading:
             self.print(f"{prefix} {heading}")
-        watcher: threading.Thread | None
-        if stage == "train":
-            watcher = TrainProgress(self, Path(run.train_dir), started)
-        else:
-            watcher = _Ticker(self, prefix, started)
+        watcher: Ticker | TrainProgress = (
+            TrainProgress(self, run.train, started) if stage.progress == "epochs" else Ticker(self, prefix, started)
+        )
         watcher.start()
         try:
             yield
         except BaseException as exc:
-            watcher.stop()  # type: ignore[attr-defined]
+            watcher.stop()
             reason = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
             self.print(f"{prefix} {reason} after {time.monotonic() - started:.1f}s")
             raise
-        watcher.stop()  # type: ignore[attr-defined]
+        watcher.stop()
         self.set_stage("-")
-        info = run.stage_info(stage)
+        info = run.stage_info(stage.name)
         seconds = info.get("seconds", time.monotonic() - started)
-        summary = stage_summary(stage, info)
+        summary = stage.summary(info)
         self.print(f"{prefix} done in {seconds:.1f}s" + (f" · {summary}" if summary else ""))
 
-    def skipped(self, number: int, total: int, stage: str) -> None:
-        self.print(f"[{number}/{total}] {stage:<9} complete for this config, skipped")
-
-
-def _terminal_width(stream: TextIO) -> int:
-    """The console's width (fd 1 is the log pipe by now, so ask the console's own
-    descriptor); a terminal that reports no size gets $COLUMNS or 100."""
-    try:
-        columns = os.get_terminal_size(stream.fileno()).columns
-    except (AttributeError, OSError, ValueError):
-        columns = 0
-    if columns > 0:
-        return columns
-    try:
-        return int(os.environ.get("COLUMNS", "")) or 100
-    except ValueError:
-        return 100
-
-
-class _Ticker(threading.Thread):
-    """The transient `running… 0:12` line of a stage without progress of its own."""
-
-    def __init__(self, console: Console, prefix: str, started: float) -> None:
-        super().__init__(daemon=True, name="console-ticker")
-        self.console, self.prefix, self.started = console, prefix, started
-        self._stopped = threading.Event()
-
-    def run(self) -> None:
-        while not self._stopped.wait(0.5):
-            self.console.status(f"{self.prefix} running… {_duration(time.monotonic() - self.started)}")
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self.join(timeout=2)
-
-
-def stage_summary(stage: str, info: dict[str, Any]) -> str:
-    """The one-line result of a stage, from what it recorded in metadata.json."""
-    try:
-        if stage == "splits":
-            counts = info["counts"]
-            return f"{sum(counts.values())} rows: " + ", ".join(f"{k} {counts[k]}" for k in SPLIT_NAMES if k in counts)
-        if stage == "train":
-            best = info.get("best", {})
-            shown = ", ".join(f"{k.split('/')[-1]} {v:.4f}" for k, v in best.items() if not k.endswith("loss"))
-            resumed = f" · resumed at epoch(s) {info['resumed_at']}" if info.get("resumed_at") else ""
-            return f"{info['epochs_run']} epoch(s), best epoch {info['best_epoch'] + 1} (val_select {shown}){resumed}"
-        if stage == "calibrate":
-            return (f"T {info['temperature']:.3f}, ECE {info['ece_before']:.4f} -> {info['ece_after']:.4f}, "
-                    f"policy {info['policy']}")
-        if stage == "evaluate":
-            return f"val_test accuracy {info['accuracy']:.4f}, coverage {info['coverage']:.3f} under the policy"
-        if stage == "insights":
-            if info.get("disabled"):
-                return "off (insights.enabled: false)"
-            board = info["storyboard"]
-            reference = info.get("reference")
-            compared = (f", linear reference {reference['val_test_accuracy']:.4f} vs model {info['model_accuracy']:.4f}"
-                        if reference else "")
-            return (f"map of {info['map']['points']} points (pca), storyboard {board['confident_wrong']} confident "
-                    f"wrong of {info['n']}{compared}")
-        if stage == "export":
-            return f"bundle verified, {info['model_version']}"
-    except (KeyError, TypeError, ValueError):
-        return ""
-    return ""
-
-
-# --- training progress -------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _val_select(row: dict[str, Any]) -> list[tuple[str, float]]:
-    """The row's val_select metrics, loss first."""
-    found = [(k.removeprefix("val_select/"), float(v)) for k, v in row.items() if k.startswith("val_select/")]
-    return sorted(found, key=lambda kv: (kv[0] != "loss", kv[0]))
-
-
-def epoch_line(row: dict[str, Any], epochs: int | None) -> str:
-    """One finished epoch, as shown without a terminal (and kept in the log)."""
-    of = f"/{epochs}" if epochs else ""
-    val = " ".join(f"{name} {value:.4f}" for name, value in _val_select(row))
-    return (f"  epoch {row['epoch'] + 1}{of}  loss {row['train/loss']:.4f}  val_select {val}  "
-            f"({row['train/seconds']:.1f}s, {row['train/samples_per_s']:.0f} samples/s)")
-
-
-class TrainProgress(threading.Thread):
-    """Follows the training of a run from its files — rank 0's `progress.json` (step
-    within the epoch) and `metrics.jsonl` (finished epochs) — wherever the workers run,
-    as long as the run directory is shared storage (which a cluster run needs anyway).
-
-    On a terminal each epoch gets a live tqdm bar (epoch, steps, elapsed and ETA, loss,
-    the val_select metric) that stays once the epoch ends; otherwise one plain line per
-    finished epoch."""
-
-    def __init__(self, console: Console, train_dir: Path, started: float, poll_s: float = 0.25) -> None:
-        super().__init__(daemon=True, name="train-progress")
-        self.console, self.train_dir, self.started, self.poll_s = console, train_dir, started, poll_s
-        # Files of an earlier training of this run are still there until the new one
-        # clears the train directory: only files written since this stage began count.
-        self.not_before = time.time() - 1.0
-        self._stopped = threading.Event()
-        self.shown: set[int] = set()
-        self.epochs: int | None = None
-        self.bar: Any = None
-        self.bar_epoch: int | None = None
-        self.metrics_stamp: tuple[float, int] | None = None
-        self.last_metric = ""
-
-    def run(self) -> None:
-        while not self._stopped.wait(self.poll_s):
-            self.poll()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self.join(timeout=2)
-        self.poll()  # the last epochs, written just before the stage ended
-        self._close_bar()
-
-    def poll(self) -> None:
-        for row in self._new_rows():
-            self._finish_epoch(row)
-        progress = self._fresh_json(self.train_dir / "progress.json")
-        if progress is None:
-            if not self.shown and self.bar is None:
-                self.console.status(f"  starting workers… {_duration(time.monotonic() - self.started)}")
-            return
-        self.epochs = progress.get("epochs") or self.epochs
-        epoch = int(progress["epoch"])
-        if epoch in self.shown or not self.console.interactive:
-            return
-        if self.bar_epoch != epoch:
-            self._close_bar()
-            self._open_bar(epoch, int(progress["steps"]))
-        self.bar.n = min(int(progress["step"]), self.bar.total)
-        loss = progress.get("loss")
-        self._set_postfix(None if loss is None else f"loss {loss:.4f}", self.last_metric)
-        self.bar.refresh()
-
-    def _set_postfix(self, *parts: str | None) -> None:
-        self.bar.set_postfix_str(" · ".join(p for p in parts if p), refresh=False)
-
-    def _fresh_json(self, path: Path) -> dict[str, Any] | None:
-        try:
-            if path.stat().st_mtime < self.not_before:
-                return None
-        except OSError:
-            return None
-        return _read_json(path)
-
-    def _new_rows(self) -> list[dict[str, Any]]:
-        path = self.train_dir / "metrics.jsonl"
-        try:
-            stat = path.stat()
-        except OSError:
-            return []
-        stamp = (stat.st_mtime, stat.st_size)
-        if stamp == self.metrics_stamp or stat.st_mtime < self.not_before:
-            return []
-        self.metrics_stamp = stamp
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if row.get("epoch") not in self.shown:
-                rows.append(row)
-        return rows
-
-    def _open_bar(self, epoch: int, steps: int) -> None:
-        from tqdm import tqdm
-
-        with self.console._lock:
-            self.console._clear_transient()
-        of = f"/{self.epochs}" if self.epochs else ""
-        self.bar = tqdm(
-            total=max(1, steps), desc=f"  epoch {epoch + 1}{of}", file=self.console.out, leave=True,
-            ncols=min(_terminal_width(self.console.out), 120), mininterval=0.2, unit="step",
-            bar_format="{desc} {bar:20} {n_fmt}/{total_fmt} · {elapsed}<{remaining}{postfix}",
-        )
-        self.bar_epoch = epoch
-
-    def _close_bar(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar, self.bar_epoch = None, None
-
-    def _finish_epoch(self, row: dict[str, Any]) -> None:
-        epoch = int(row["epoch"])
-        self.shown.add(epoch)
-        metric = next((f"val_select {name} {value:.4f}" for name, value in _val_select(row) if name != "loss"), "")
-        self.last_metric = metric
-        if self.console.sink is not None:
-            self.console.sink.write(epoch_line(row, self.epochs).strip())
-        if not self.console.interactive:
-            with self.console._lock:
-                self.console.out.write(epoch_line(row, self.epochs) + "\n")
-                self.console.out.flush()
-            return
-        if self.bar_epoch != epoch:
-            self._close_bar()
-            self._open_bar(epoch, 1)
-        self.bar.n = self.bar.total
-        self._set_postfix(f"loss {row['train/loss']:.4f}", metric)
-        self._close_bar()
+    def skipped(self, number: int, total: int, stage: StageView) -> None:
+        self.print(f"[{number}/{total}] {stage.name:<9} complete for this config, skipped")
 
 
 # --- framing a command ---------------------------------------------------------------------
@@ -419,3 +229,137 @@ def open_console(log_file: Path | None, verbose: bool = False, ready: Callable[[
                 lg.removeHandler(handler)
                 lg.setLevel(level)
         sink.write(f"{END_MARK}: exit 0 after {time.monotonic() - started:.1f}s ====", stage="-")
+
+
+# --- what a command shows when it is done ---------------------------------------------------
+
+
+def splits_lines(summary: dict[str, Any], path: Path) -> list[str]:
+    """The splits of a run (`splits.json` at `path`): rows per split and per class,
+    and the duplicates kept within one split."""
+    lines = [f"splits of {summary['num_rows_used']} rows ({len(summary['label_names'])} classes, seed {summary['seed']}):"]
+    for split, info in summary["splits"].items():
+        counts = info["class_counts"].values()
+        lines.append(f"  {split:<11} {info['count']:>7}  per class {min(counts)}..{max(counts)}")
+    dup = summary["duplicates"]
+    if dup["duplicate_groups"]:
+        lines.append(
+            f"  duplicates: {dup['duplicate_rows']} rows in {dup['duplicate_groups']} groups, "
+            f"kept within one split ({dup['conflicting_label_groups']} with conflicting labels)"
+        )
+    return [*lines, f"  -> {path}"]
+
+
+def training_lines(run: Run, info: dict[str, Any]) -> list[str]:
+    best = ", ".join(f"{k}={v:.4f}" for k, v in info["best"].items())
+    lines = [f"done in {info['seconds']:.1f}s: {info['epochs_run']} epoch(s), best epoch {info['best_epoch'] + 1} ({best})"]
+    if info.get("resumed_at"):
+        lines.append(f"  resumed after worker failure at epoch(s) {info['resumed_at']}")
+    return [
+        *lines,
+        f"  metrics:     {run.train.metrics_csv}",
+        f"  model:       {run.train.model_dir}",
+        f"  predictions: {run.train.predictions_dir} (val_calib, val_test logits)",
+    ]
+
+
+def calibration_lines(run: Run, info: dict[str, Any]) -> list[str]:
+    return [
+        f"run {run.name}: calibrated on val_calib in {info['seconds']:.1f}s",
+        f"  temperature {info['temperature']:.4f}: ECE {info['ece_before']:.4f} -> {info['ece_after']:.4f}",
+        f"  policy:  {info['policy']} ({run.calibration.policy})",
+        f"  report:  {run.calibration.report}",
+    ]
+
+
+def _policy_line(policy: dict[str, Any]) -> str:
+    accepted = "-" if policy["accepted_accuracy"] is None else f"{policy['accepted_accuracy']:.4f}"
+    return (f"coverage {policy['coverage']:.3f}, accepted accuracy {accepted}, "
+            f"assist {policy['assist_rate']:.3f}, abstain {policy['abstain_rate']:.3f}")
+
+
+def evaluation_lines(run: Run, metrics: dict[str, Any]) -> list[str]:
+    policy = metrics["policy"]
+    return [
+        f"run {run.name}: val_test ({metrics['n']} samples)",
+        f"  accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
+        f"NLL {metrics['calibrated']['nll']:.4f}  "
+        f"ECE {metrics['uncalibrated']['ece']:.4f} -> {metrics['calibrated']['ece']:.4f}",
+        f"  policy {policy['rule']}: {_policy_line(policy)}",
+        f"  -> {run.evaluation}",
+    ]
+
+
+def insight_rows(run: Run) -> list[tuple[str, str]]:
+    """The reference model against the run, and the epoch time estimated before
+    training against the one measured, when the run recorded them."""
+    rows = []
+    insights = run.stage_info("insights")
+    reference = insights.get("reference")
+    if reference:
+        rows.append(("linear reference", f"{reference['val_test_accuracy']:.4f} val_test accuracy ({reference['kind']}, "
+                                         f"C={reference['C']:g}) vs {insights['model_accuracy']:.4f} for this run"))
+    timing = run.stage_info("train").get("epoch_seconds")
+    if timing and timing.get("measured_median") is not None:
+        rows.append(("epoch time", f"estimated {timing['estimated']:.2f}s, measured {timing['measured_median']:.2f}s "
+                                   f"(median after the first epoch; x{timing['ratio']:.2f})"))
+    if insights.get("status") == "complete" and not insights.get("disabled"):
+        rows.append(("insights", f"{run.insights.report}"))
+    return rows
+
+
+def run_summary_lines(run: Run) -> list[str]:
+    """The end of `ray-app run`: val_test results under the policy, the insights, the
+    bundle and the command that serves it."""
+    metrics = json.loads(run.evaluation.read_text())
+    export = run.stage_info("export")
+    policy = metrics["policy"]
+    rows = [
+        ("val_test accuracy", f"{metrics['accuracy']:.4f} (macro-F1 {metrics['macro_f1']:.4f}, n={metrics['n']})"),
+        ("val_test ECE", f"{metrics['uncalibrated']['ece']:.4f} -> {metrics['calibrated']['ece']:.4f} after temperature"),
+        (f"policy {policy['rule']}", _policy_line(policy)),
+        *insight_rows(run),
+        ("bundle", f"{export['bundle']} (verified; {export['model_version']})"),
+        ("serve it", f"ray-app serve {export['bundle']}"),
+    ]
+    return ["", f"run {run.name}", *(f"  {label:<22} {value}" for label, value in rows)]
+
+
+def runs_table_lines(runs: list[Run]) -> list[str]:
+    lines = [f"{'run':<48} {'splits':<10} {'train':<10} {'best val_select':<24} created"]
+    for run in runs:
+        meta = run.metadata()
+        stages = meta.get("stages", {})
+        best = stages.get("train", {}).get("best", {})
+        shown = ", ".join(f"{k.split('/')[-1]}={v:.3f}" for k, v in best.items() if "loss" not in k)
+        lines.append(
+            f"{run.name:<48} {stages.get('splits', {}).get('status', '-'):<10} "
+            f"{stages.get('train', {}).get('status', '-'):<10} {shown or '-':<24} {meta.get('created', '-')}"
+        )
+    return lines
+
+
+def run_detail_lines(run: Run, root: Path) -> list[str]:
+    """`ray-app runs show`: the stages, the log, the splits and the metrics history."""
+    meta = run.metadata()
+    lines = [f"run {run.name} ({run.root})", f"  created {meta.get('created')}, config {meta.get('config_fingerprint')}"]
+    for stage, info in meta.get("stages", {}).items():
+        extra = f", error: {info['error']}" if info.get("error") else ""
+        lines.append(f"  {stage:<8} {info.get('status')} ({info.get('seconds', '-')}s){extra}")
+    log = run.log_path
+    if log.is_file():
+        lines.append(f"  logs     {log} ({log.stat().st_size:,} bytes): ray-app logs {run.name} --root {root} --tail 50")
+    else:
+        lines.append(f"  logs     none yet ({log})")
+    splits = SplitReader(run.splits_dir)
+    if splits.summary_path.is_file():
+        lines += splits_lines(splits.summary(), splits.summary_path)
+    if run.train.metrics.is_file():
+        lines.append("  epoch  train/loss  val_select/loss  accuracy  macro_f1")
+        for line in run.train.metrics.read_text().splitlines():
+            row = json.loads(line)
+            lines.append(
+                f"  {row['epoch']:>5}  {row['train/loss']:>10.4f}  {row['val_select/loss']:>15.4f}"
+                f"  {row['val_select/accuracy']:>8.4f}  {row['val_select/macro_f1']:>8.4f}"
+            )
+    return lines

@@ -1,4 +1,15 @@
-"""User-facing errors: caught by the CLI, printed without a traceback, exit code 2."""
+"""Every error ray-app reports to a person, in one place.
+
+A `UserError` is a problem the user can fix (config, data, arguments, a request): its
+message says what, where and how to fix it. The CLI prints it without a traceback and
+exits with `exit_code` (2); the control plane answers `http_status` with
+`{"error": http_error, "detail": message}`. Each subclass carries its own status, so
+no table elsewhere maps classes to statuses.
+
+Errors of the lower packages (`calibration.CalibrationError`, `trainers` setup errors,
+`serve.bundle.BundleError`) are theirs; ray_app turns them into these where it calls
+them.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +19,14 @@ class UserError(Exception):
     where and how to fix it; the CLI prints it and exits with code 2."""
 
     exit_code = 2
+    http_status = 422
+    http_error = "invalid request"
 
 
 class ConfigError(UserError):
     """One or more configuration problems, all reported at once."""
+
+    http_error = "invalid config"
 
     def __init__(self, problems: list[str], source: str = "config") -> None:
         self.problems = problems
@@ -22,21 +37,73 @@ class ConfigError(UserError):
 class DataError(UserError):
     """The dataset cannot be used as configured (missing file, column, class...)."""
 
+    http_error = "invalid data"
 
-class SplitContractError(RuntimeError):
-    """A stage tried to read a split the split contract forbids it. This is a bug in the
-    caller, not a user error, so it is not a UserError: it must fail loudly."""
+
+class InvalidRequest(UserError):
+    """A request whose values cannot be used as given."""
 
 
 class InsightsError(UserError):
     """A request for a run's insights that cannot be answered as asked: an unknown
-    projection method, bad parameters, an unknown colouring (a 422 to an HTTP client)."""
+    projection method, bad parameters, an unknown colouring."""
 
 
-class InsightsNotReady(UserError):
-    """The run has not produced what was asked for yet (no insights, no calibration
-    views), or they are older than its model; the message says which command makes them."""
+class InvalidName(UserError):
+    """A run, template or family name that is not a plain file name: it could reach
+    outside its root."""
+
+    http_status = 400
+    http_error = "invalid name"
 
 
-class ExampleNotFound(UserError):
-    """No val_test example of the run has this id (a 404 to an HTTP client)."""
+class NotFound(UserError):
+    """No such run, template, family or example."""
+
+    http_status = 404
+    http_error = "not found"
+
+
+class TemplateNotFound(NotFound):
+    """No template of that name."""
+
+
+class ExampleNotFound(NotFound):
+    """No val_test example of the run has this id."""
+
+
+class Conflict(UserError):
+    """The request conflicts with the current state: the run is running, the template
+    exists."""
+
+    http_status = 409
+    http_error = "conflict"
+
+
+class TemplateExists(Conflict):
+    """A template of that name exists and the save did not ask to overwrite it."""
+
+
+class NotReady(UserError):
+    """The run has not produced what was asked for yet (no trained model, no policy,
+    no insights), or it is older than the run's model; the message names the command
+    that makes it."""
+
+    http_status = 409
+    http_error = "not ready"
+
+
+class InsightsNotReady(NotReady):
+    """The run's insights (or calibration views) are missing or older than its model."""
+
+
+class Unavailable(UserError):
+    """A backend the request needs (the Ray job server) is not reachable."""
+
+    http_status = 503
+    http_error = "unavailable"
+
+
+class SplitContractError(RuntimeError):
+    """A stage tried to read a split the split contract forbids it. This is a bug in the
+    caller, not a user error, so it is not a UserError: it must fail loudly."""

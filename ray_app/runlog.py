@@ -1,8 +1,8 @@
 """Per-run logs: everything a command printed, kept with the run.
 
-`runs/<name>/logs/run.log` receives the whole output of every stage — the driver's,
-and the Ray workers' that Ray forwards to the driver — one timestamped line each,
-tagged with the stage, appended across reruns and resumes. Ray's own session logs
+A run's log (`Run.log_path`: `runs/<name>/logs/run.log`) receives the whole output of
+every stage — the driver's, and the Ray workers' that Ray forwards to the driver — one
+timestamped line each, tagged with the stage, appended across reruns and resumes. Ray's own session logs
 vanish with its cluster; this file stays with the run, so yesterday's failure can
 still be read today (`ray-app logs RUN`, the control plane).
 
@@ -28,18 +28,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-LOG_DIR = "logs"
-LOG_FILE = "run.log"
 START_MARK = "==== start"
 END_MARK = "==== end"
 # Most lines a reader may ask for at once: a tail is bounded, never the whole file.
 MAX_TAIL_LINES = 10_000
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def log_path(run_root: Path) -> Path:
-    return run_root / LOG_DIR / LOG_FILE
 
 
 def strip_ansi(text: str) -> str:

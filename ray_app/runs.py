@@ -1,9 +1,11 @@
-"""Run directories and their metadata.
+"""Run directories: their layout, their metadata and their status.
 
 `runs/<name>/` holds `config.yaml` (resolved), `metadata.json` (per-stage status,
-timings, versions, config fingerprints), and one directory per stage. Runs are found
-by scanning for `metadata.json`, so a run trained anywhere shows up once its directory
-is under the runs root.
+timings, versions, config fingerprints), and one directory per stage. `Run` owns the
+layout: every artefact's path is a property of it (`run.train.model_dir`,
+`run.calibration.policy`, `run.bundle_dir`...), and no other module spells one out.
+Runs are found by scanning for `metadata.json`, so a run trained anywhere shows up
+once its directory is under the runs root.
 """
 
 from __future__ import annotations
@@ -11,37 +13,41 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
-import socket
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import BaseModel, Field
 
 from ray_app.config import AppConfig, run_name, validate_config
-from ray_app.errors import UserError
+from ray_app.errors import NotReady, UserError
 from trainers.families import InvalidParams, family_and_params
+from trainers.history import HistoryFiles
 
-METADATA = "metadata.json"
+if TYPE_CHECKING:
+    from calibration.policy import Policy
+
 # Set by the control plane in a launched job's environment: JSON with the job's
 # submission id and template, recorded in the run's metadata as `launch`.
 LAUNCH_ENV = "RAY_APP_LAUNCH"
-# The pipeline's stages, in order (ray_app.pipeline runs them).
-STAGES = ("splits", "train", "calibrate", "evaluate", "insights", "export")
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
+    """`data` as indented JSON, written through a hidden sibling and renamed: a reader
+    (a dashboard polling the file) sees the old content or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
     tmp.replace(path)
 
 
@@ -90,30 +96,253 @@ def run_template(meta: dict[str, Any]) -> str | None:
     return (meta.get("template") or {}).get("name") or (meta.get("launch") or {}).get("template") or None
 
 
+# --- the layout -------------------------------------------------------------------------
+# Every path inside a run directory is spelt out here and nowhere else. Formats that
+# travel on their own (the splits directory, a saved model directory, the bundle) name
+# the files inside them in their own modules.
+
+METADATA_FILE = "metadata.json"
+CONFIG_FILE = "config.yaml"
+# Directories of an older layout's Ray Train storage hold files named like a run's.
+RAY_STORAGE_DIR = "ray_storage"
+
+
+@dataclass(frozen=True)
+class TrainLayout:
+    """`train/`: what training writes, and the logits it exports."""
+
+    root: Path
+
+    @property
+    def metrics(self) -> Path:
+        """One JSON row per epoch (rewritten whole each epoch by rank 0)."""
+        return self.root / "metrics.jsonl"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def progress(self) -> Path:
+        """Rank 0's step within the current epoch."""
+        return self.root / "progress.json"
+
+    @property
+    def budget(self) -> Path:
+        """The compute budget estimated before training."""
+        return self.root / "budget.json"
+
+    @property
+    def model_dir(self) -> Path:
+        """The selected weights as a saved classifier (trainers.model)."""
+        return self.root / "model"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.root / "predictions"
+
+    def predictions(self, split: str) -> Path:
+        """Logits and labels of `split` (val_test also features, row ids and the sha256
+        of the weights that made them)."""
+        return self.predictions_dir / f"{split}.npz"
+
+    @property
+    def ray_storage(self) -> Path:
+        """Ray Train's storage: its checkpoints, kept for resuming."""
+        return self.root / RAY_STORAGE_DIR
+
+    def history_files(self) -> HistoryFiles:
+        """Where the training loop writes its history and progress."""
+        return HistoryFiles(metrics_jsonl=str(self.metrics.resolve()), metrics_csv=str(self.metrics_csv.resolve()),
+                            progress=str(self.progress.resolve()))
+
+
+@dataclass(frozen=True)
+class CalibrationLayout:
+    """`calibration/`: what calibration fitted on val_calib, the policy and the report."""
+
+    root: Path
+
+    @property
+    def temperature(self) -> Path:
+        return self.root / "temperature.json"
+
+    @property
+    def thresholds(self) -> Path:
+        return self.root / "thresholds.json"
+
+    @property
+    def guardrail(self) -> Path:
+        return self.root / "guardrail.json"
+
+    @property
+    def risk_control(self) -> Path:
+        return self.root / "risk_control.json"
+
+    @property
+    def policy(self) -> Path:
+        """The temperature and decision rule a bundle carries."""
+        return self.root / "policy.json"
+
+    @property
+    def views(self) -> Path:
+        """The calibration as data to draw (calibration.views)."""
+        return self.root / "views.json"
+
+    @property
+    def report(self) -> Path:
+        """The calibration report; its plots sit beside it."""
+        return self.root / "report.md"
+
+
+@dataclass(frozen=True)
+class InsightsLayout:
+    """`insights/`: what the model learned and where it fails, on val_test."""
+
+    root: Path
+
+    @property
+    def outcomes(self) -> Path:
+        return self.root / "outcomes.npz"
+
+    @property
+    def maps_dir(self) -> Path:
+        """Cached meaning maps, one file per method and key."""
+        return self.root / "maps"
+
+    def map(self, method: str, key: str) -> Path:
+        return self.maps_dir / f"{method}_{key}.json"
+
+    @property
+    def storyboard(self) -> Path:
+        return self.root / "storyboard.json"
+
+    @property
+    def reference(self) -> Path:
+        return self.root / "reference.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def meaning_map_png(self) -> Path:
+        return self.root / "meaning_map.png"
+
+    @property
+    def storyboard_png(self) -> Path:
+        return self.root / "storyboard.png"
+
+
+@contextmanager
+def staged_directory(final: Path) -> Iterator[Path]:
+    """A fresh sibling of `final` to write into; it replaces `final` only when the
+    block ends without error, so a reader never sees half of a new set of files."""
+    staging = final.with_name(f"{final.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+
+
 class Run:
+    """A run directory: its layout, its `metadata.json` and its stages' status."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.name = root.name
 
     @classmethod
     def for_config(cls, cfg: AppConfig) -> Run:
-        return cls(Path(cfg.storage.root) / run_name(cfg))
+        return cls.under(Path(cfg.storage.root), run_name(cfg))
+
+    @classmethod
+    def under(cls, root: Path, name: str) -> Run:
+        """The run called `name` in the runs root `root` (whether it exists or not)."""
+        return cls(root / name)
 
     # --- layout ---
+    @property
+    def config_path(self) -> Path:
+        """The resolved config (every default filled in)."""
+        return self.root / CONFIG_FILE
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.root / METADATA_FILE
+
+    @property
+    def log_path(self) -> Path:
+        """The whole output of every command on the run (ray_app.runlog)."""
+        return self.root / "logs" / "run.log"
+
     @property
     def splits_dir(self) -> Path:
         return self.root / "splits"
 
     @property
-    def train_dir(self) -> Path:
-        return self.root / "train"
+    def train(self) -> TrainLayout:
+        return TrainLayout(self.root / "train")
 
     @property
-    def metadata_path(self) -> Path:
-        return self.root / METADATA
+    def calibration(self) -> CalibrationLayout:
+        return CalibrationLayout(self.root / "calibration")
+
+    @property
+    def calibration_tune_dir(self) -> Path:
+        """Ray Tune's storage for the guardrail sweep."""
+        return self.root / "calibration_tune"
+
+    @property
+    def evaluation(self) -> Path:
+        """val_test metrics under the policy."""
+        return self.root / "eval" / "metrics.json"
+
+    @property
+    def insights(self) -> InsightsLayout:
+        return InsightsLayout(self.root / "insights")
+
+    @property
+    def bundle_dir(self) -> Path:
+        return self.root / "bundle"
 
     def exists(self) -> bool:
         return self.metadata_path.is_file()
+
+    # --- what earlier stages left ---
+    def config(self) -> AppConfig | None:
+        """The resolved config the run recorded, or None when it has none or it no
+        longer validates (a run made by an older version with other fields)."""
+        try:
+            return validate_config(yaml.safe_load(self.config_path.read_text()) or {}, str(self.config_path))
+        except (OSError, yaml.YAMLError, UserError, InvalidParams):
+            return None
+
+    def require_model(self) -> Path:
+        """The trained model's directory, or NotReady saying how to train it."""
+        model_dir = self.train.model_dir
+        if not model_dir.is_dir():
+            raise NotReady(f"run '{self.name}' has no trained model ({model_dir}); train it first: "
+                           f"ray-app train {self.config_path}")
+        return model_dir
+
+    def policy(self) -> Policy:
+        """The policy calibration chose, or NotReady: the run is not calibrated yet."""
+        from calibration.policy import Policy
+
+        path = self.calibration.policy
+        if not path.is_file():
+            raise NotReady(f"run '{self.name}' has no policy ({path}); calibrate it first: ray-app calibrate {self.name}")
+        return Policy.model_validate_json(path.read_text())
 
     # --- metadata ---
     def metadata(self) -> dict[str, Any]:
@@ -124,7 +353,7 @@ class Run:
     def update_metadata(self, **fields: Any) -> dict[str, Any]:
         meta = self.metadata()
         meta.update(fields)
-        write_json_atomic(self.metadata_path, meta)
+        write_json(self.metadata_path, meta)
         return meta
 
     def stage_info(self, stage: str) -> dict[str, Any]:
@@ -137,7 +366,7 @@ class Run:
     def _set_stage(self, stage: str, **fields: Any) -> None:
         meta = self.metadata()
         meta.setdefault("stages", {}).setdefault(stage, {}).update(fields)
-        write_json_atomic(self.metadata_path, meta)
+        write_json(self.metadata_path, meta)
 
     def mark_stage(self, stage: str, status: str, reason: str) -> None:
         """Record a stage ended from outside (a sweep's scheduler stopped its trial):
@@ -147,9 +376,7 @@ class Run:
     def prepare(self, cfg: AppConfig) -> None:
         """Create the run directory (or adopt an existing one) with the resolved config."""
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "config.yaml").write_text(
-            yaml.safe_dump(cfg.resolved_dict(), sort_keys=False)
-        )
+        self.config_path.write_text(yaml.safe_dump(cfg.resolved_dict(), sort_keys=False))
         meta = self.metadata()
         meta.setdefault("name", self.name)
         meta.setdefault("created", _now())
@@ -159,7 +386,7 @@ class Run:
         launch = launch_from_env()
         if launch is not None:
             meta.update(launch_fields(launch))
-        write_json_atomic(self.metadata_path, meta)
+        write_json(self.metadata_path, meta)
 
     def record_launch(self) -> None:
         """How this run was launched (a control-plane job), when it was: an existing run
@@ -176,46 +403,34 @@ class Run:
         A stage only ever reads `complete` once its outputs are fully written."""
         details: dict[str, Any] = {}
         started = time.monotonic()
-        self._set_stage(
-            stage, status="running", started=_now(), fingerprint=fingerprint, error=None
-        )
+        self._set_stage(stage, status="running", started=_now(), fingerprint=fingerprint, error=None)
         try:
             yield details
         except BaseException as exc:
             # Ctrl-C, or SIGTERM (Ray's driver handler turns it into SystemExit): a stop, not a failure.
             status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
             self._set_stage(
-                stage,
-                status=status,
-                finished=_now(),
-                seconds=round(time.monotonic() - started, 2),
-                error=f"{type(exc).__name__}: {exc}"[:2000],
-                **details,
+                stage, status=status, finished=_now(), seconds=round(time.monotonic() - started, 2),
+                error=f"{type(exc).__name__}: {exc}"[:2000], **details,
             )
             raise
-        self._set_stage(
-            stage,
-            status="complete",
-            finished=_now(),
-            seconds=round(time.monotonic() - started, 2),
-            **details,
-        )
-
+        self._set_stage(stage, status="complete", finished=_now(), seconds=round(time.monotonic() - started, 2),
+                        **details)
 
 def find_runs(root: Path) -> list[Run]:
     if not root.is_dir():
         return []
     return sorted(
-        (Run(p.parent) for p in root.glob(f"**/{METADATA}") if "ray_storage" not in p.parts),
+        (Run(p.parent) for p in root.glob(f"**/{METADATA_FILE}") if RAY_STORAGE_DIR not in p.parts),
         key=lambda r: r.name,
     )
 
 
 def resolve_run(name_or_path: str, root: Path) -> Run:
     direct = Path(name_or_path)
-    for candidate in (direct, root / name_or_path):
-        if (candidate / METADATA).is_file():
-            return Run(candidate)
+    for candidate in (Run(direct), Run(root / name_or_path)):
+        if candidate.exists():
+            return candidate
     matches = [r for r in find_runs(root) if r.name == name_or_path]
     if len(matches) == 1:
         return matches[0]
@@ -224,122 +439,6 @@ def resolve_run(name_or_path: str, root: Path) -> Run:
         f"no run named '{name_or_path}' under '{root}' (runs found: {known}); "
         "pass a run name, a run directory, or --root"
     )
-
-
-# --- status ---------------------------------------------------------------------------
-
-# What a run's status can be: the states of a Ray job, plus `incomplete` for a run whose
-# stages were run only in part (e.g. `ray-app train` alone).
-RUN_STATUSES = ("pending", "running", "succeeded", "failed", "stopped", "incomplete")
-_START = re.compile(r"==== start: .* · pid (\d+) on (\S+) ====")
-
-
-def _writer_gone(log_file: Path) -> int | None:
-    """The pid of the last command that wrote the run's log, when it ran on this host,
-    never wrote its end line, and is no longer alive; else None."""
-    from ray_app.runlog import END_MARK, START_MARK, tail_lines
-
-    for line in reversed(tail_lines(log_file, 400)):
-        if END_MARK in line:
-            return None
-        if START_MARK in line:
-            found = _START.search(line)
-            if not found or found.group(2) != socket.gethostname():
-                return None
-            pid = int(found.group(1))
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return pid
-            except PermissionError:
-                return None
-            return None
-    return None
-
-
-def status_from_metadata(meta: dict[str, Any], log_file: Path | None = None) -> tuple[str, str]:
-    """(status, message) of a run from its stages: a failed stage's error is the
-    message. A stage still marked running whose process is gone (killed before it could
-    record anything; seen from the run's log on this host) is failed, never running
-    forever."""
-    stages = meta.get("stages") or {}
-    statuses = {name: info.get("status") for name, info in stages.items()}
-    if "running" in statuses.values():
-        pid = _writer_gone(log_file) if log_file is not None and log_file.is_file() else None
-        if pid is None:
-            return "running", ""
-        stage = next(name for name, status in statuses.items() if status == "running")
-        return "failed", f"the process that ran stage {stage} (pid {pid}) ended without recording an outcome"
-    for name, info in stages.items():
-        if info.get("status") == "failed":
-            return "failed", f"{name}: {info.get('error') or 'failed'}"
-    for name, info in stages.items():
-        if info.get("status") in ("stopped", "interrupted"):
-            return "stopped", f"{name}: {info.get('error') or info.get('status')}"
-    if all(statuses.get(stage) == "complete" for stage in STAGES):
-        return "succeeded", ""
-    return "incomplete", ""
-
-
-# --- metrics history ------------------------------------------------------------------
-
-METRICS_FILE = "metrics.jsonl"  # written by trainers.baseline, one JSON row per epoch
-
-
-def read_metrics(
-    path: Path, limit: int, order: str = "asc", since_epoch: int | None = None, keys: list[str] | None = None
-) -> list[dict[str, Any]]:
-    """Rows of a run's `metrics.jsonl`: those after `since_epoch` when given, at most
-    `limit` of them — the oldest first (`asc`) or the newest first (`desc`).
-
-    Newest-first and `since_epoch` reads go backwards from the end of the file and stop
-    as soon as they have what was asked for, so following a long run costs the new rows
-    only, never a whole read. `keys` keeps only those columns (and `epoch`)."""
-    from ray_app.runlog import lines_backwards
-
-    def parse(line: str) -> dict[str, Any] | None:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            return None  # a row being written
-        return row if isinstance(row, dict) and "epoch" in row else None
-
-    rows: list[dict[str, Any]] = []
-    if order == "asc" and since_epoch is None:
-        if path.is_file():
-            with path.open() as handle:
-                for line in handle:
-                    row = parse(line)
-                    if row is not None:
-                        rows.append(row)
-                        if len(rows) == limit:
-                            break
-    else:
-        for line in lines_backwards(path):
-            row = parse(line)
-            if row is None:
-                continue
-            if since_epoch is not None and row["epoch"] <= since_epoch:
-                break
-            rows.append(row)
-            if order == "desc" and len(rows) == limit:
-                break
-        rows.reverse()  # oldest first
-        rows = rows[:limit] if order == "asc" else rows[::-1][:limit]
-    if keys:
-        wanted = set(keys) | {"epoch"}
-        rows = [{k: v for k, v in row.items() if k in wanted} for row in rows]
-    return rows
-
-
-def run_config(run: Run) -> AppConfig | None:
-    """The resolved config a run recorded (`config.yaml`), or None when it has none or
-    it no longer validates (a run made by an older version with other fields)."""
-    path = run.root / "config.yaml"
-    try:
-        return validate_config(yaml.safe_load(path.read_text()) or {}, str(path))
-    except (OSError, yaml.YAMLError, UserError, InvalidParams):
-        return None
 
 
 class FamilyVariant(BaseModel):
@@ -361,7 +460,7 @@ def family_variants(root: Path, family: str | None = None) -> list[FamilyVariant
     left out."""
     variants = []
     for run in find_runs(root):
-        cfg = run_config(run)
+        cfg = run.config()
         if cfg is None:
             continue
         found, params = family_and_params(cfg.model.backbone)

@@ -20,15 +20,21 @@ import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import ray.data
 
-from ray_app.config import SPLIT_NAMES, SplitsConfig, SourceConfig
-from ray_app.errors import DataError, SplitContractError
+from ray_app.config import SPLIT_NAMES, AppConfig, SourceConfig, SplitsConfig
+from ray_app.errors import DataError, NotReady, SplitContractError
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from ray_app.runs import Run
 
 SPLITS_FORMAT_VERSION = 1
+# The splits directory's own format: <split>/*.parquet and this summary beside them.
+SUMMARY_FILE = "splits.json"
 
 # Which stage may read which split. Training chooses its checkpoint on val_select; the
 # post-training "predict" step only runs the chosen, frozen model over val_calib and
@@ -104,6 +110,8 @@ def plan_splits(
     seed: int,
     source: SourceConfig | None = None,
 ) -> SplitPlan:
+    """Assign every distinct content to a split: duplicates grouped, each class's
+    groups in seeded order, cut by largest remainder (see the module's docstring)."""
     if len(content_hashes) != len(labels):
         raise ValueError("content_hashes and labels differ in length")
     label_names = label_order(labels)
@@ -113,39 +121,10 @@ def plan_splits(
             f"the data has a single class ({found!r}); a classifier needs at least two. "
             "Check data.source.label_column."
         )
-
-    rows_per_hash = Counter(content_hashes)
     labels_per_hash: dict[str, set[str]] = defaultdict(set)
     for h, label in zip(content_hashes, labels, strict=True):
         labels_per_hash[h].add(label)
-    rank = {name: i for i, name in enumerate(label_names)}
-    # A duplicate group with conflicting labels is stratified by its first label.
-    group_label = {h: min(ls, key=rank.__getitem__) for h, ls in labels_per_hash.items()}
-
-    groups_by_class: dict[str, list[str]] = defaultdict(list)
-    for h, label in group_label.items():
-        groups_by_class[label if config.stratify else "*"].append(h)
-    for groups in groups_by_class.values():
-        groups.sort(key=lambda h: _seeded_key(seed, h))
-
-    if config.max_samples is not None and config.max_samples < len(content_hashes):
-        keep_share = config.max_samples / len(content_hashes)
-        for key, groups in groups_by_class.items():
-            quota = max(len(SPLIT_NAMES), round(len(groups) * keep_share))
-            groups_by_class[key] = groups[:quota]
-
-    too_small = {
-        k: len(g) for k, g in groups_by_class.items() if len(g) < len(SPLIT_NAMES)
-    }
-    if too_small:
-        listed = ", ".join(f"{k!r}: {n}" for k, n in sorted(too_small.items()))
-        raise DataError(
-            f"class(es) too small to stratify into {len(SPLIT_NAMES)} splits "
-            f"(distinct samples per class: {listed}); each class needs at least "
-            f"{len(SPLIT_NAMES)}. Add samples, drop the class, or set "
-            "data.splits.stratify: false."
-        )
-
+    groups_by_class = _seeded_groups(labels_per_hash, label_names, config, seed, len(content_hashes))
     ratios = [config.ratios.as_dict()[s] for s in SPLIT_NAMES]
     assignment: dict[str, str] = {}
     for key in sorted(groups_by_class):
@@ -155,7 +134,45 @@ def plan_splits(
             for h in groups[start : start + count]:
                 assignment[h] = split
             start += count
+    summary = _summary(content_hashes, labels, label_names, labels_per_hash, assignment, config, seed, source)
+    return SplitPlan(assignment=assignment, label_names=label_names, summary=summary)
 
+
+def _seeded_groups(
+    labels_per_hash: dict[str, set[str]], label_names: list[str], config: SplitsConfig, seed: int, num_rows: int
+) -> dict[str, list[str]]:
+    """Content groups per class (one pool when not stratified) in seeded order, cut
+    to the subsample when `max_samples` asks for one; DataError for a class too small
+    to reach every split."""
+    rank = {name: i for i, name in enumerate(label_names)}
+    groups_by_class: dict[str, list[str]] = defaultdict(list)
+    for h, labels in labels_per_hash.items():
+        # A duplicate group with conflicting labels is stratified by its first label.
+        first = min(labels, key=rank.__getitem__)
+        groups_by_class[first if config.stratify else "*"].append(h)
+    for groups in groups_by_class.values():
+        groups.sort(key=lambda h: _seeded_key(seed, h))
+    if config.max_samples is not None and config.max_samples < num_rows:
+        keep_share = config.max_samples / num_rows
+        for key, groups in groups_by_class.items():
+            groups_by_class[key] = groups[: max(len(SPLIT_NAMES), round(len(groups) * keep_share))]
+    too_small = {k: len(g) for k, g in groups_by_class.items() if len(g) < len(SPLIT_NAMES)}
+    if too_small:
+        listed = ", ".join(f"{k!r}: {n}" for k, n in sorted(too_small.items()))
+        raise DataError(
+            f"class(es) too small to stratify into {len(SPLIT_NAMES)} splits "
+            f"(distinct samples per class: {listed}); each class needs at least "
+            f"{len(SPLIT_NAMES)}. Add samples, drop the class, or set "
+            "data.splits.stratify: false."
+        )
+    return groups_by_class
+
+
+def _summary(
+    content_hashes: list[str], labels: list[str], label_names: list[str], labels_per_hash: dict[str, set[str]],
+    assignment: dict[str, str], config: SplitsConfig, seed: int, source: SourceConfig | None,
+) -> dict[str, Any]:
+    """The content of splits.json."""
     per_split_lines: dict[str, list[str]] = {s: [] for s in SPLIT_NAMES}
     per_split_classes: dict[str, Counter[str]] = {s: Counter() for s in SPLIT_NAMES}
     for h, label in zip(content_hashes, labels, strict=True):
@@ -163,10 +180,10 @@ def plan_splits(
         if split is not None:
             per_split_lines[split].append(f"{h}\t{label}")
             per_split_classes[split][label] += 1
-
+    rows_per_hash = Counter(content_hashes)
     duplicate_groups = [h for h, n in rows_per_hash.items() if n > 1]
     splits_of_hash = {h: {assignment[h]} for h in duplicate_groups if h in assignment}
-    summary: dict[str, Any] = {
+    return {
         "format_version": SPLITS_FORMAT_VERSION,
         "seed": seed,
         "ratios": config.ratios.as_dict(),
@@ -196,7 +213,19 @@ def plan_splits(
             for s in SPLIT_NAMES
         },
     }
-    return SplitPlan(assignment=assignment, label_names=label_names, summary=summary)
+
+
+def read_and_plan(cfg: AppConfig) -> tuple[ray.data.Dataset, SplitPlan]:
+    """Read, check and plan everything before any directory is touched: bad data stops
+    here and leaves nothing behind. Returns the checked rows and their plan."""
+    from ray_app.sources import inspect_rows, raise_on_bad_rows, read_source
+
+    source = cfg.data.source
+    inspected = inspect_rows(read_source(source), source)
+    index = inspected.select_columns(["content_hash", "label", "ref", "error"]).to_pandas()
+    raise_on_bad_rows(index)
+    plan = plan_splits(index["content_hash"].tolist(), index["label"].tolist(), cfg.data.splits, cfg.seed, source)
+    return inspected, plan
 
 
 def _tag_rows(
@@ -217,6 +246,8 @@ def write_splits(inspected: ray.data.Dataset, plan: SplitPlan, splits_dir: Path)
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
     label_ids = {name: i for i, name in enumerate(plan.label_names)}
+    import ray
+
     assignment_ref = ray.put(plan.assignment)  # one copy in the object store, not per task
     for split in SPLIT_NAMES:
         inspected.map_batches(
@@ -224,12 +255,14 @@ def write_splits(inspected: ray.data.Dataset, plan: SplitPlan, splits_dir: Path)
             fn_kwargs={"assignment_ref": assignment_ref, "label_ids": label_ids, "split": split},
             batch_format="numpy",
         ).write_parquet(str((tmp_dir / split).resolve()))
-    (tmp_dir / "splits.json").write_text(plan.to_json())
+    (tmp_dir / SUMMARY_FILE).write_text(plan.to_json())
     shutil.rmtree(splits_dir, ignore_errors=True)
     tmp_dir.rename(splits_dir)
 
 
 def _tag_rows_from_ref(batch: dict[str, np.ndarray], assignment_ref: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+    import ray
+
     return _tag_rows(batch, ray.get(assignment_ref), **kwargs)
 
 
@@ -242,13 +275,20 @@ class SplitReader:
         self.splits_dir = splits_dir
         self.reads: dict[str, list[str]] = defaultdict(list)
 
+    @property
+    def summary_path(self) -> Path:
+        return self.splits_dir / SUMMARY_FILE
+
     def summary(self) -> dict[str, Any]:
-        return json.loads((self.splits_dir / "splits.json").read_text())
+        """The content of splits.json: seed, ratios, counts, label names, hashes."""
+        return json.loads(self.summary_path.read_text())
 
     def read(self, split: str, stage: str) -> ray.data.Dataset:
         check_access(split, stage)
         if split not in self.reads[stage]:
             self.reads[stage].append(split)
+        import ray.data
+
         return ray.data.read_parquet(str((self.splits_dir / split).resolve()))
 
     def read_table(
@@ -276,3 +316,14 @@ def check_access(split: str, stage: str) -> None:
             f"split contract: stage '{stage}' may not read '{split}' (it may read "
             f"{sorted(allowed)})"
         )
+
+
+def load_predictions(run: Run, split: str, stage: str) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and labels a stage may read: the split contract applies to predictions
+    exactly as to the split files they came from."""
+    check_access(split, stage)
+    path = run.train.predictions(split)
+    if not path.is_file():
+        raise NotReady(f"run '{run.name}' has no {split} logits ({path}); train it first: ray-app train <config>")
+    with np.load(path, allow_pickle=False) as saved:
+        return saved["logits"], saved["labels"]

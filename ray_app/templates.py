@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from ray_app.config import AppConfig, apply_overrides, dataset_name, validate_config, validate_model
-from ray_app.errors import ConfigError, UserError
+from ray_app.errors import ConfigError, InvalidName, TemplateExists, TemplateNotFound, UserError
 from ray_app.runs import Run
 from trainers.families import family_and_params
+from trainers.schema import StrictModel, describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +47,6 @@ LAUNCH_COMMAND = "ray-app submit --template {name}"
 # How the PEFT methods are written in descriptions.
 PEFT_LABELS = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr"}
 FACT_SEPARATOR = " · "
-
-
-class InvalidName(UserError):
-    """A template name that is not a plain file name (empty, path-like, hidden)."""
-
-
-class TemplateNotFound(UserError):
-    """No template of that name."""
-
-
-class TemplateExists(UserError):
-    """A template of that name exists and the save did not ask to overwrite it."""
 
 
 def check_name(name: str) -> str:
@@ -79,9 +68,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
-class Template(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Template(StrictModel):
     name: str = Field(
         description="Unique name, also the file name: letters, digits, '.', '_' and '-', not "
         "starting with '.'."
@@ -208,7 +195,7 @@ class TemplateStore:
         try:
             template = Template.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError([_field_problem(e) for e in exc.errors()], str(path)) from None
+            raise ConfigError([describe_error(e) for e in exc.errors()], str(path)) from None
         if template.name != name:
             raise ConfigError(
                 [f"name: the file says '{template.name}' but is named '{name}.yaml'; make them agree"], str(path)
@@ -268,11 +255,6 @@ class TemplateStore:
                 f"template '{template.name}'",
             )
         return family.name
-
-
-def _field_problem(error: Any) -> str:
-    where = ".".join(str(p) for p in error["loc"]) or "(top level)"
-    return f"{where}: {error['msg']}"
 
 
 def render_template(template: Template) -> str:

@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 from pydantic import SecretStr, ValidationError
 from ray import serve
 from ray.serve import Application
@@ -40,21 +39,11 @@ from ray.serve import Application
 from calibration.policy import Policy
 from serve.bundle import load_bundle, verify_bundle
 from serve.config import TOKEN_ENV, ServeConfig
+from serve.http_errors import error_response, validation_detail
 from serve.predictor import BundlePredictor, InputError, ModelInput, PredictRequest, PredictResponse
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
 OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
-
-
-def error_response(status: int, error: str, detail: Any) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status)
-
-
-def validation_detail(exc: ValidationError) -> list[dict[str, str]]:
-    return [
-        {"loc": ".".join(str(p) for p in e["loc"]), "msg": e["msg"].removeprefix("Value error, ")}
-        for e in exc.errors(include_url=False, include_input=False)
-    ]
 
 
 class RequestGate:

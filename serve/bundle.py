@@ -88,6 +88,11 @@ def export_bundle(model_dir: Path, policy: Policy, destination: Path, details: d
     return destination
 
 
+def is_bundle(directory: Path) -> bool:
+    """Whether `directory` holds a bundle's manifest (not whether it verifies)."""
+    return (directory / MANIFEST).is_file()
+
+
 def verify_bundle(directory: Path) -> dict[str, Any]:
     """The manifest, after checking the format version and every file's hash."""
     manifest_path = directory / MANIFEST

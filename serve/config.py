@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
+
+from trainers.schema import StrictModel
 
 TOKEN_ENV = "RAY_APP_SERVE_TOKEN"
 
 
-class AutoscalingSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class AutoscalingSettings(StrictModel):
     min_replicas: int = Field(default=1, ge=0, description="Replicas kept when idle.")
     max_replicas: int = Field(default=4, ge=1, description="Upper bound on replicas.")
     target_ongoing_requests: float = Field(
@@ -34,8 +34,7 @@ class AutoscalingSettings(BaseModel):
         return self
 
 
-class ServeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ServeConfig(StrictModel):
 
     bundle: str = Field(description="Bundle directory (runs/<name>/bundle) to serve.")
     host: str = Field(

@@ -26,11 +26,12 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from calibration.policy import Policy
 from serve.bundle import LoadedBundle
 from trainers.preprocess import ImageSpec, TextSpec, decode_image, normalize_pixels
+from trainers.schema import StrictModel
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -57,8 +58,7 @@ class InputError(ValueError):
         self.status = status
 
 
-class PredictInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PredictInput(StrictModel):
 
     image: str | None = Field(
         default=None,
@@ -80,8 +80,7 @@ class PredictInput(BaseModel):
         return self
 
 
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PredictRequest(StrictModel):
 
     inputs: list[PredictInput] = Field(min_length=1, description="The batch to classify (at least one).")
     top_k: int | None = Field(default=None, ge=1, description="Probabilities returned per input (default: the server's).")

@@ -2,55 +2,18 @@
 
 These models live in `trainers` (not `ray_app`) so that the training code can take
 them as arguments without importing the CLI package; `ray_app.config` composes them
-into the full application config.
+into the full application config. The backbone section is the model families'
+(`trainers.families.BackboneConfig`): a family reads it both ways.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class StrictModel(BaseModel):
-    """Base for every config section: unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class BackboneConfig(StrictModel):
-    id: str | None = Field(
-        default=None,
-        description="Hugging Face model id or local directory, loaded with "
-        "AutoModel.from_pretrained. Offline hosts can only use local directories.",
-    )
-    config: dict[str, Any] | None = Field(
-        default=None,
-        description="Keyword arguments for transformers.AutoConfig.for_model (must "
-        "include model_type). Builds a randomly initialised backbone: how tests and "
-        "the offline default get a model without downloading one. The model_type's "
-        "family (trainers/families.py: vit, dinov2, dinov3_vit, bert, or generic for "
-        "any other) checks the keys it knows; other keys go to the HF config as given.",
-    )
-
-    @model_validator(mode="after")
-    def _exactly_one_source(self) -> BackboneConfig:
-        if (self.id is None) == (self.config is None):
-            raise ValueError("set exactly one of model.backbone.id or model.backbone.config")
-        if self.config is not None and "model_type" not in self.config:
-            raise ValueError(
-                "model.backbone.config needs a 'model_type' key (e.g. vit, dinov2, bert)"
-            )
-        # The family's rules (hidden_size a multiple of the heads, ...) answered with the
-        # config, not by a worker failing to build the model. Imported here: families
-        # imports this module.
-        from trainers.families import InvalidParams, family_of
-
-        try:
-            family_of(self).params_of(self)
-        except InvalidParams as exc:
-            raise ValueError(str(exc)) from None
-        return self
+from trainers.families import BackboneConfig
+from trainers.schema import StrictModel
 
 
 class PreprocessingConfig(StrictModel):

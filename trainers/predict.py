@@ -50,14 +50,6 @@ def _tag(batch: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
     return {**batch, SPLIT_TAG: np.full(len(batch["label_id"]), name, dtype=object)}
 
 
-def predict_logits(
-    split_datasets: dict[str, Any], spec: ImageSpec | TextSpec, model_dir: Path, batch_size: int
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{split: (logits [N, C] float32, labels [N] int64)} for every row of each split."""
-    outputs = predict_outputs(split_datasets, spec, model_dir, batch_size)
-    return {name: (out["logits"], out["labels"]) for name, out in outputs.items()}
-
-
 def predict_outputs(
     split_datasets: dict[str, Any],
     spec: ImageSpec | TextSpec,

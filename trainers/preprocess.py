@@ -126,7 +126,9 @@ def load_tokenizer(spec: TextSpec) -> Any:
 def check_text_backbone_fits(model_cfg: ModelConfig, spec: TextSpec) -> None:
     """Refuse a tokenizer / backbone pair that would fail inside a worker with an index
     error: token ids past the embedding table, or sequences longer than the positions."""
-    from trainers.model import backbone_config  # torch and transformers: only when checking text
+    from trainers.model import (
+        backbone_config,  # torch and transformers: only when checking text
+    )
 
     try:
         tokenizer = load_tokenizer(spec)
@@ -220,18 +222,6 @@ def preprocess_text_batch(
     start a fresh process per dataset, and hold a CPU that the batch-inference actor
     after it needs on a small local Ray)."""
     return tokenize_batch(cached_tokenizer(spec), batch, spec, keep)
-
-
-class TextPreprocessor:
-    """The tokenizer loaded once, applied to batches of split rows."""
-
-    def __init__(self, spec: TextSpec, keep: tuple[str, ...] = ()) -> None:
-        self.spec = spec
-        self.keep = keep
-        self.tokenizer = load_tokenizer(spec)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return tokenize_batch(self.tokenizer, batch, self.spec, self.keep)
 
 
 def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:

@@ -25,8 +25,6 @@ from ray_app.splits import check_access
 
 ID_LENGTH = 12
 DUPLICATE_MARK = "~"
-OUTCOMES_FILE = "outcomes.npz"
-INSIGHTS_DIR = "insights"
 READER = "insights"  # the split-contract stage of everything in this package
 
 
@@ -51,19 +49,11 @@ def base_id(example_id: str) -> str:
     return example_id.split(DUPLICATE_MARK, 1)[0]
 
 
-def insights_dir(run: Run) -> Path:
-    return run.root / INSIGHTS_DIR
-
-
-def val_test_predictions_path(run: Run) -> Path:
-    return run.train_dir / "predictions" / "val_test.npz"
-
-
 def load_val_test(run: Run, *keys: str) -> dict[str, np.ndarray]:
     """Arrays of the exported val_test predictions (the split contract applies to them
     as to the split itself: this package may read val_test only)."""
     check_access("val_test", READER)
-    path = val_test_predictions_path(run)
+    path = run.train.predictions("val_test")
     if not path.is_file():
         raise InsightsNotReady(f"run '{run.name}' has no val_test predictions ({path}); train it first: ray-app train <config>")
     with np.load(path, allow_pickle=False) as saved:
@@ -144,7 +134,7 @@ class Outcomes:
     def load(cls, run: Run) -> Outcomes:
         """The outcomes the insights stage saved, refused when they are older than the
         model whose val_test predictions are now in the run (it was retrained since)."""
-        path = insights_dir(run) / OUTCOMES_FILE
+        path = run.insights.outcomes
         if not path.is_file():
             raise InsightsNotReady(
                 f"run '{run.name}' has no insights yet ({path}); make them with: ray-app insights {run.name} "

@@ -16,30 +16,25 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from ray_app.config import load_config
 from ray_app.errors import InsightsError
-from ray_app.insights.outcomes import Outcomes, insights_dir, load_val_test
-from ray_app.runs import Run, write_json_atomic
+from ray_app.insights.outcomes import Outcomes, load_val_test
+from ray_app.runs import InsightsLayout, Run, write_json
+from trainers.schema import StrictModel, validation_problems
 
-MAPS_DIR = "maps"
 COLOR_FIELDS = ("label", "prediction", "decision", "correct")
 
 
-class PcaParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PcaParams(StrictModel):
     whiten: bool = Field(default=False, description="Scale both components to unit variance.")
 
 
-class TsneParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TsneParams(StrictModel):
     perplexity: float = Field(
         default=30.0, gt=1.0, le=100.0,
         description="Effective number of neighbours; must stay below a third of the points.",
@@ -61,11 +56,7 @@ def resolve_params(method: str, params: dict[str, Any] | None) -> dict[str, Any]
     try:
         return METHODS[method].model_validate(params or {}).model_dump()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}"
-            + ("" if e["type"] == "missing" else f" (got {e.get('input')!r})")
-            for e in exc.errors()
-        )
+        problems = "; ".join(validation_problems(exc, top_level="params"))
         known = ", ".join(METHODS[method].model_fields)
         raise InsightsError(f"meaning-map params for {method}: {problems}; its parameters are: {known}") from None
 
@@ -122,21 +113,21 @@ def project(features: np.ndarray, method: str, params: dict[str, Any], seed: int
 
 def run_settings(run: Run) -> tuple[int, int]:
     """(insights.max_points, insights.seed) from the run's resolved config."""
-    cfg = load_config(run.root / "config.yaml")
+    cfg = load_config(run.config_path)
     return cfg.insights.max_points, cfg.insights.seed
 
 
 def compute_projection(
     run: Run, outcomes: Outcomes, method: str, params: dict[str, Any], seed: int, max_points: int,
-    directory: Path | None = None,
+    layout: InsightsLayout | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """The cached projection for these settings, computed and stored when missing.
-    Returns (projection, whether it came from the cache). `directory` is the insights
-    directory (the run's, unless the insights stage is building a new one)."""
+    Returns (projection, whether it came from the cache). `layout`: where the insights
+    are (the run's, unless the insights stage is building a new set)."""
     rows = sample_rows(outcomes.ids, max_points, seed)
     ids = outcomes.ids[rows]
     key = cache_key(outcomes.model_sha256, ids, method, params, seed)
-    path = (directory or insights_dir(run)) / MAPS_DIR / f"{method}_{key}.json"
+    path = (layout or run.insights).map(method, key)
     if path.is_file():
         return json.loads(path.read_text()), True
     saved = load_val_test(run, "ids", "features")
@@ -157,8 +148,7 @@ def compute_projection(
         "seconds": round(time.monotonic() - started, 4),
         **extra,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, projection)  # atomic: a concurrent request reads all or nothing
+    write_json(path, projection)  # atomic: a concurrent request reads all or nothing
     return projection, False
 
 

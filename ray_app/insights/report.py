@@ -17,9 +17,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ray_app.insights.story import CATEGORIES  # noqa: E402
-
-MAP_PNG = "meaning_map.png"
-STORYBOARD_PNG = "storyboard.png"
+from ray_app.runs import InsightsLayout  # noqa: E402
 
 
 def _class_colors(count: int) -> list[Any]:
@@ -124,7 +122,8 @@ def _cell(text: str, limit: int = 80) -> str:
 
 
 def write_insights_report(
-    directory: Path,
+    layout: InsightsLayout,
+    calibration_report: str,
     run_name: str,
     model: dict[str, Any],
     reference: dict[str, Any] | None,
@@ -134,37 +133,53 @@ def write_insights_report(
     texts: dict[str, str],
     storyboard_png: bool,
 ) -> Path:
-    lines = [f"# Run insights: {run_name}", "", "Everything here is on `val_test`.", "",
-             "## Is the deep model worth it?", ""]
+    """The report page: the model against the reference, the compute estimate, the
+    meaning map, the storyboard (with the texts of a text run) and a link to the
+    calibration report (`calibration_report`, relative to the insights)."""
+    lines = [f"# Run insights: {run_name}", "", "Everything here is on `val_test`.", ""]
+    lines += _reference_section(model, reference) + _compute_section(epoch_seconds)
+    lines += ["## Meaning map", "",
+              f"![meaning map]({layout.meaning_map_png.name})", "",
+              "Each point is a val_test row placed by a 2-D projection of the model's pooled features; "
+              "nearby points look alike to the model. Other projections: `meaning_map(run, method='tsne')`.", "",
+              "## Storyboard", ""]
+    if storyboard_png:
+        lines += [f"![storyboard]({layout.storyboard_png.name})", ""]
+    lines += _outcome_sections(storyboard, texts) + _confused_pairs_section(storyboard, texts)
+    lines += [f"Calibration plots: [{calibration_report}]({calibration_report}).", ""]
+    layout.report.write_text("\n".join(lines))
+    return layout.report
+
+
+def _reference_section(model: dict[str, Any], reference: dict[str, Any] | None) -> list[str]:
+    lines = ["## Is the deep model worth it?", ""]
     rows = [(f"this run ({model['description']})", f"{model['accuracy']:.4f}", f"{model['macro_f1']:.4f}")]
     if reference is not None:
         rows.append((f"linear reference: {reference['kind']}, C={reference['C']:g}",
                      f"{reference['val_test_accuracy']:.4f}", f"{reference['val_test_macro_f1']:.4f}"))
     lines += _table(("model", "val_test accuracy", "macro-F1"), rows) + [""]
-    if reference is not None:
-        gap = model["accuracy"] - reference["val_test_accuracy"]
-        lines += [f"The deep model is {abs(gap):.4f} {'above' if gap >= 0 else 'below'} the linear reference "
-                  f"(fitted on the same {reference['train_rows']} train rows, C chosen on val_select).", ""]
-    else:
-        lines += ["The reference model is off (`insights.reference.enabled: false`).", ""]
-    lines += ["## Compute: estimate vs measured", ""]
-    if epoch_seconds:
-        measured = epoch_seconds.get("measured_median")
-        lines += _table(("epoch train time", "seconds"), [
-            ("estimated before training (micro-benchmark)", f"{epoch_seconds['estimated']:.2f}"),
-            ("measured, median of epochs after the first", "-" if measured is None else f"{measured:.2f}"),
-            ("measured, first epoch (streams from Ray Data)", f"{epoch_seconds['measured_first']:.2f}"),
-            ("measured / estimated", "-" if epoch_seconds.get("ratio") is None else f"{epoch_seconds['ratio']:.2f}"),
-        ]) + [""]
-    else:
-        lines += ["No estimate was recorded for this run's training.", ""]
-    lines += ["## Meaning map", "",
-              f"![meaning map]({MAP_PNG})", "",
-              "Each point is a val_test row placed by a 2-D projection of the model's pooled features; "
-              "nearby points look alike to the model. Other projections: `meaning_map(run, method='tsne')`.", "",
-              "## Storyboard", ""]
-    if storyboard_png:
-        lines += [f"![storyboard]({STORYBOARD_PNG})", ""]
+    if reference is None:
+        return [*lines, "The reference model is off (`insights.reference.enabled: false`).", ""]
+    gap = model["accuracy"] - reference["val_test_accuracy"]
+    return [*lines, f"The deep model is {abs(gap):.4f} {'above' if gap >= 0 else 'below'} the linear reference "
+                    f"(fitted on the same {reference['train_rows']} train rows, C chosen on val_select).", ""]
+
+
+def _compute_section(epoch_seconds: dict[str, Any] | None) -> list[str]:
+    lines = ["## Compute: estimate vs measured", ""]
+    if not epoch_seconds:
+        return [*lines, "No estimate was recorded for this run's training.", ""]
+    measured = epoch_seconds.get("measured_median")
+    return lines + _table(("epoch train time", "seconds"), [
+        ("estimated before training (micro-benchmark)", f"{epoch_seconds['estimated']:.2f}"),
+        ("measured, median of epochs after the first", "-" if measured is None else f"{measured:.2f}"),
+        ("measured, first epoch (streams from Ray Data)", f"{epoch_seconds['measured_first']:.2f}"),
+        ("measured / estimated", "-" if epoch_seconds.get("ratio") is None else f"{epoch_seconds['ratio']:.2f}"),
+    ]) + [""]
+
+
+def _outcome_sections(storyboard: dict[str, Any], texts: dict[str, str]) -> list[str]:
+    lines: list[str] = []
     for category in CATEGORIES:
         entry = storyboard["categories"][category]
         lines += [f"### {category.replace('_', ' ')} ({entry['count']})", "", entry["description"] + ".", ""]
@@ -180,22 +195,21 @@ def write_insights_report(
             + ((_cell(texts.get(e["id"], "")),) if texts else ())
             for e in entry["examples"]
         ]) + [""]
-    lines += ["### most confused class pairs", ""]
-    if storyboard["confused_pairs"]:
-        lines += _table(("classes", "confusions", "by direction"), [
-            (" / ".join(p["classes"]), str(p["count"]),
-             ", ".join(f"{d['label']} as {d['prediction']}: {d['count']}" for d in p["directions"]))
-            for p in storyboard["confused_pairs"]
-        ]) + ["", "Their examples, most confident confusion first:", ""]
-        # the examples in full, as for the outcomes above: an id alone says nothing in a text run
-        lines += _table(("pair", "id", "true", "predicted", "confidence", "decision") + (("text",) if texts else ()), [
-            (" / ".join(p["classes"]), f"`{e['id']}`", e["label"], e["prediction"], f"{e['confidence']:.3f}",
-             e["decision"]) + ((_cell(texts.get(e["id"], "")),) if texts else ())
-            for p in storyboard["confused_pairs"] for e in p["examples"]
-        ]) + [""]
-    else:
-        lines += ["No confusions on val_test.", ""]
-    lines += ["Calibration plots: [../calibration/report.md](../calibration/report.md).", ""]
-    path = directory / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return lines
+
+
+def _confused_pairs_section(storyboard: dict[str, Any], texts: dict[str, str]) -> list[str]:
+    lines = ["### most confused class pairs", ""]
+    if not storyboard["confused_pairs"]:
+        return [*lines, "No confusions on val_test.", ""]
+    lines += _table(("classes", "confusions", "by direction"), [
+        (" / ".join(p["classes"]), str(p["count"]),
+         ", ".join(f"{d['label']} as {d['prediction']}: {d['count']}" for d in p["directions"]))
+        for p in storyboard["confused_pairs"]
+    ]) + ["", "Their examples, most confident confusion first:", ""]
+    # the examples in full, as for the outcomes above: an id alone says nothing in a text run
+    return lines + _table(("pair", "id", "true", "predicted", "confidence", "decision") + (("text",) if texts else ()), [
+        (" / ".join(p["classes"]), f"`{e['id']}`", e["label"], e["prediction"], f"{e['confidence']:.3f}",
+         e["decision"]) + ((_cell(texts.get(e["id"], "")),) if texts else ())
+        for p in storyboard["confused_pairs"] for e in p["examples"]
+    ]) + [""]

@@ -24,7 +24,8 @@ import yaml
 from PIL import Image
 
 from ray_app.cli import COMMANDS, main
-from tests.conftest import REPO, SMOKE, free_port
+from ray_app.ray_runtime import free_port
+from tests.helpers.configs import REPO, SMOKE
 
 
 def cli(*args: str, cwd: Path = REPO, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -321,7 +322,7 @@ def make_bundle(directory: Path) -> Path:
 
     from calibration.policy import Policy
     from serve.bundle import export_bundle
-    from tests.unit.test_model import model_cfg
+    from tests.helpers.models import model_cfg
     from trainers.model import build_classifier, save_classifier
     from trainers.preprocess import ImageSpec
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CONTROL_PLANE_TOKEN, PLANE_SMOKE_EPOCHS, ControlPlaneServer
+from tests.helpers.servers import CONTROL_PLANE_TOKEN, PLANE_SMOKE_EPOCHS, ControlPlaneServer
 
 CHROMIUM = Path(os.environ.get("RAY_APP_CHROMIUM", "/usr/bin/chromium"))
 TRAINING_TIMEOUT_MS = 600_000

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.helpers.configs import REPO
 
 
 def submit(address: str, entrypoint: list[str], attempts: int = 12) -> subprocess.CompletedProcess[str]:

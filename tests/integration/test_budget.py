@@ -13,9 +13,9 @@ import ray_app.budget as budget_module
 from ray_app.budget import budget_key, compute_budget
 from ray_app.cli import main
 from ray_app.config import load_config
-from ray_app.pipeline import ensure_splits
-from ray_app.runs import Run
-from tests.conftest import REPO, SMOKE
+from ray_app.stages.context import StageContext
+from ray_app.stages.splits import ensure_splits
+from tests.helpers.configs import REPO, SMOKE
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -62,7 +62,7 @@ def test_token_count_equals_the_tokenizer_and_a_second_call_hits_the_cache(
     first = compute_budget(cfg)  # no splits yet: planned from the source
     assert computed == ["estimate"] and not first["cached"]
 
-    reader = ensure_splits(cfg, Run.for_config(cfg))
+    reader = ensure_splits(StageContext.for_config(cfg))
     train = pq.read_table(reader.splits_dir / "train").column("text").to_pylist()
     real, padding = direct_count(train, 16)
     tokens = first["inputs"]["tokens_per_epoch"]
@@ -74,7 +74,7 @@ def test_token_count_equals_the_tokenizer_and_a_second_call_hits_the_cache(
     assert computed == ["estimate"] and again["cached"]  # asking twice costs nothing
     assert {k: again[k] for k in ("inputs", "flops", "benchmark")} == {k: first[k] for k in ("inputs", "flops", "benchmark")}
     # measured afresh from the written splits: the same counts as planned from the source
-    fresh = compute_budget(cfg, use_cache=False)
+    fresh = compute_budget(cfg, reader, use_cache=False)
     assert fresh["inputs"] == first["inputs"] and fresh["data"]["rows"] == first["data"]["rows"]
     params = fresh["parameters"]
     assert params["total"] == params["trainable"] > 0

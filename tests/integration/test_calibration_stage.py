@@ -11,12 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.guardrail import exhaustive_guardrail, tune_guardrail
+from calibration.guardrail import tune_guardrail
 from calibration.policy import Policy
 from ray_app.console import Console
 from ray_app.errors import SplitContractError, UserError
-from ray_app.pipeline import load_predictions, run_calibration, run_evaluation
 from ray_app.runs import Run
+from ray_app.splits import load_predictions
+from ray_app.stages import CALIBRATE, EVALUATE, EXPORT, INSIGHTS, STAGES, run_pipeline
+from ray_app.stages.context import StageContext
+from tests.helpers.references import exhaustive_guardrail
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -79,8 +82,8 @@ def test_calibration_cannot_read_val_test(calibrated, tmp_path: Path) -> None:
     # and it does not need to: with val_test's logits gone, calibration gives the same policy
     copy = Run(tmp_path / run.name)
     shutil.copytree(run.root, copy.root)
-    (copy.train_dir / "predictions" / "val_test.npz").unlink()
-    run_calibration(cfg, copy)
+    copy.train.predictions("val_test").unlink()
+    CALIBRATE.run(StageContext(cfg, copy))
     assert (copy.root / "calibration" / "policy.json").read_text() == (run.root / "calibration" / "policy.json").read_text()
 
 
@@ -89,9 +92,9 @@ def test_calibrate_without_logits_and_evaluate_without_policy(tmp_path: Path, sm
     bare = Run(tmp_path / "bare")
     shutil.copytree(run.splits_dir, bare.splits_dir)
     with pytest.raises(UserError, match="has no val_calib logits.*train it first"):
-        run_calibration(cfg, bare)
+        CALIBRATE.run(StageContext(cfg, bare))
     with pytest.raises(UserError, match="has no policy.*calibrate it first"):
-        run_evaluation(cfg, bare)
+        EVALUATE.run(StageContext(cfg, bare))
 
 
 def test_policy_rule_that_cannot_be_met_is_an_error(smoke_run, tmp_path: Path) -> None:
@@ -102,7 +105,7 @@ def test_policy_rule_that_cannot_be_met_is_an_error(smoke_run, tmp_path: Path) -
     strict.calibration.policy = "risk_control"
     strict.calibration.risk_control.alpha = 0.001
     with pytest.raises(UserError, match="policy risk_control: no threshold qualifies"):
-        run_calibration(strict, copy)
+        CALIBRATE.run(StageContext(strict, copy))
     assert copy.stage_info("calibrate")["status"] == "failed"
     assert not (copy.root / "calibration.tmp" / "policy.json").exists()
 
@@ -112,18 +115,17 @@ def test_bundle_round_trip_matches_the_run_under_the_policy(calibrated) -> None:
     import torch
 
     from calibration.policy import Policy as PolicyModel
-    from ray_app.pipeline import resolve_input_spec, run_export
     from serve.bundle import load_bundle
     from trainers.preprocess import preprocess_image_batch
 
     cfg, run, metrics = calibrated
-    info = run_export(cfg, run)
+    info = EXPORT.run(StageContext(cfg, run))
     bundle = load_bundle(Path(info["bundle"]))
     assert bundle.policy == PolicyModel.model_validate_json((run.root / "calibration" / "policy.json").read_text())
     assert bundle.manifest["splits_fingerprint"] == json.loads((run.splits_dir / "splits.json").read_text())["source_fingerprint"]
     table = pq.read_table(run.splits_dir / "val_test").to_pydict()
     batch = preprocess_image_batch(
-        {"image": np.array(table["image"], dtype=object), "label_id": np.array(table["label_id"])}, resolve_input_spec(cfg)
+        {"image": np.array(table["image"], dtype=object), "label_id": np.array(table["label_id"])}, StageContext.for_config(cfg).input_spec
     )
     with torch.no_grad():
         bundle_logits = bundle.model(pixel_values=torch.as_tensor(batch["pixel_values"])).numpy()
@@ -136,17 +138,16 @@ def test_bundle_round_trip_matches_the_run_under_the_policy(calibrated) -> None:
 
 
 def test_run_pipeline_skips_what_is_complete(calibrated, tmp_path: Path) -> None:
-    from ray_app.pipeline import STAGES, run_export, run_insights, run_pipeline
 
     cfg, run, _ = calibrated
     if run.stage_info("insights").get("status") != "complete":
-        run_insights(cfg, run)
-    run_export(cfg, run)
+        INSIGHTS.run(StageContext(cfg, run))
+    EXPORT.run(StageContext(cfg, run))
     copy = Run(tmp_path / run.name)
     shutil.copytree(run.root, copy.root)
     screen = io.StringIO()
     console = Console(screen, screen, None, interactive=False, verbose=False)
-    run_pipeline(cfg, copy, console)
+    run_pipeline(StageContext(cfg, copy, console))
     lines = screen.getvalue().splitlines()
     assert all("skipped" in line for line in lines) and len(lines) == len(STAGES) == 6
     # a new policy invalidates calibrate and everything after it, not the training
@@ -154,7 +155,7 @@ def test_run_pipeline_skips_what_is_complete(calibrated, tmp_path: Path) -> None
     changed.calibration.policy = "threshold"
     screen.seek(0)
     screen.truncate()
-    stages = run_pipeline(changed, copy, console)
+    stages = run_pipeline(StageContext(changed, copy, console))
     lines = screen.getvalue().splitlines()
     assert [line.split()[1] for line in lines if "skipped" in line] == ["splits", "train"]
     assert [line.split()[1] for line in lines if "done in" in line] == ["calibrate", "evaluate", "insights", "export"]
@@ -168,7 +169,7 @@ def test_run_pipeline_skips_what_is_complete(calibrated, tmp_path: Path) -> None
     fewer.insights.examples_per_category = 2
     screen.seek(0)
     screen.truncate()
-    run_pipeline(fewer, copy, console)
+    run_pipeline(StageContext(fewer, copy, console))
     lines = screen.getvalue().splitlines()
     assert [line.split()[1] for line in lines if "done in" in line] == ["insights", "export"]
     board = json.loads((copy.root / "insights" / "storyboard.json").read_text())
@@ -182,5 +183,5 @@ def test_calibration_set_too_small_is_a_user_error(smoke_run, tmp_path: Path) ->
     strict = cfg.model_copy(deep=True)
     strict.calibration.temperature.min_samples = 10_000
     with pytest.raises(UserError, match=r"val_calib has \d+ samples; temperature scaling needs at least 10000"):
-        run_calibration(strict, copy)
+        CALIBRATE.run(StageContext(strict, copy))
     assert copy.stage_info("calibrate")["status"] == "failed"

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import PLANE_SMOKE_EPOCHS, SMOKE, ControlPlaneServer, sse_events, wait_for
+from tests.helpers.configs import SMOKE
+from tests.helpers.servers import PLANE_SMOKE_EPOCHS, ControlPlaneServer, sse_events, wait_for
 
 EPOCHS = PLANE_SMOKE_EPOCHS
 

@@ -15,9 +15,10 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from ray_app.errors import DataError
-from ray_app.pipeline import ensure_splits
 from ray_app.runs import Run
-from tests.conftest import smoke_config
+from ray_app.stages.context import StageContext
+from ray_app.stages.splits import ensure_splits
+from tests.helpers.configs import smoke_config
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -50,7 +51,7 @@ def test_digits_splits_on_disk_are_deterministic(tmp_path: Path) -> None:
     for root in ("a", "b"):
         cfg = smoke_config(tmp_path / root)
         run = Run.for_config(cfg)
-        reader = ensure_splits(cfg, run)
+        reader = ensure_splits(StageContext(cfg, run))
         runs.append(run)
     a, b = (json.loads((r.splits_dir / "splits.json").read_text()) for r in runs)
     assert (runs[0].splits_dir / "splits.json").read_bytes() == (runs[1].splits_dir / "splits.json").read_bytes()
@@ -73,7 +74,7 @@ def test_digits_splits_on_disk_are_deterministic(tmp_path: Path) -> None:
     assert meta["stages"]["splits"]["status"] == "complete"
     # unchanged config: the stage is skipped, files untouched
     before = (runs[0].splits_dir / "splits.json").stat().st_mtime_ns
-    ensure_splits(smoke_config(tmp_path / "a"), runs[0])
+    ensure_splits(StageContext(smoke_config(tmp_path / "a"), runs[0]))
     assert (runs[0].splits_dir / "splits.json").stat().st_mtime_ns == before
     assert reader.summary() == b
 
@@ -82,7 +83,7 @@ def test_image_folder_source(tmp_path: Path) -> None:
     root = image_folder(tmp_path / "imgs")
     cfg = smoke_config(tmp_path / "runs", "data.source.kind=image_folder", f"data.source.path={root}",
                        "data.splits.max_samples=null")
-    summary = ensure_splits(cfg, Run.for_config(cfg)).summary()
+    summary = ensure_splits(StageContext.for_config(cfg)).summary()
     assert summary["label_names"] == ["class_0", "class_1", "class_2"]
     assert summary["num_rows_used"] == 24
     assert all(min(s["class_counts"].values()) >= 1 for s in summary["splits"].values())
@@ -95,7 +96,7 @@ def test_parquet_image_source(tmp_path: Path) -> None:
     cfg = smoke_config(tmp_path / "runs", "data.source.kind=parquet", f"data.source.path={path}",
                        "data.source.image_column=img", "data.source.label_column=y",
                        "data.splits.max_samples=null")
-    summary = ensure_splits(cfg, Run.for_config(cfg)).summary()
+    summary = ensure_splits(StageContext.for_config(cfg)).summary()
     assert summary["label_names"] == ["0", "1", "2"] and summary["num_rows_used"] == 30
 
 
@@ -106,7 +107,7 @@ def test_unreadable_image_is_named_and_nothing_is_written(tmp_path: Path) -> Non
     runs_root = tmp_path / "runs"
     cfg = smoke_config(runs_root, "data.source.kind=image_folder", f"data.source.path={root}")
     with pytest.raises(DataError, match=r"1 of 25 rows cannot be used:\n.*broken\.png: unreadable image"):
-        ensure_splits(cfg, Run.for_config(cfg))
+        ensure_splits(StageContext.for_config(cfg))
     assert not runs_root.exists()
 
 
@@ -116,34 +117,33 @@ def test_missing_label_column_lists_the_columns(tmp_path: Path) -> None:
     cfg = smoke_config(tmp_path / "runs", "data.source.kind=parquet", f"data.source.path={path}",
                        "data.source.image_column=img")
     with pytest.raises(DataError, match=r"no label column 'label'; the data has columns \['img', 'target'"):
-        ensure_splits(cfg, Run.for_config(cfg))
+        ensure_splits(StageContext.for_config(cfg))
     assert not (tmp_path / "runs").exists()
 
 
 def test_missing_data_path(tmp_path: Path) -> None:
     cfg = smoke_config(tmp_path / "runs", "data.source.kind=image_folder", f"data.source.path={tmp_path / 'nope'}")
     with pytest.raises(DataError, match="does not exist"):
-        ensure_splits(cfg, Run.for_config(cfg))
+        ensure_splits(StageContext.for_config(cfg))
 
 
 def test_single_class_and_too_small_class_from_files(tmp_path: Path) -> None:
     one = image_folder(tmp_path / "one", per_class=6, classes=1)
     cfg = smoke_config(tmp_path / "runs", "data.source.kind=image_folder", f"data.source.path={one}")
     with pytest.raises(DataError, match="single class \\('class_0'\\)"):
-        ensure_splits(cfg, Run.for_config(cfg))
+        ensure_splits(StageContext.for_config(cfg))
     small = image_folder(tmp_path / "small", per_class=6, classes=2)
     for extra in list((small / "class_1").iterdir())[3:]:
         extra.unlink()
     cfg = smoke_config(tmp_path / "runs", "data.source.kind=image_folder", f"data.source.path={small}")
     with pytest.raises(DataError, match="'class_1': 3"):
-        ensure_splits(cfg, Run.for_config(cfg))
+        ensure_splits(StageContext.for_config(cfg))
     assert not (tmp_path / "runs").exists()
 
 
 def test_csv_text_source_and_tokenized_split(tmp_path: Path) -> None:
     from transformers import BertTokenizer
 
-    from ray_app.pipeline import resolve_input_spec
     from trainers.preprocess import preprocess_dataset
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film", "very"]
@@ -158,9 +158,9 @@ def test_csv_text_source_and_tokenized_split(tmp_path: Path) -> None:
         "model.backbone.config={model_type: bert, vocab_size: 9, hidden_size: 16, num_hidden_layers: 1, "
         "num_attention_heads: 2, intermediate_size: 32}",
     )
-    reader = ensure_splits(cfg, Run.for_config(cfg))
+    reader = ensure_splits(StageContext.for_config(cfg))
     assert reader.summary()["label_names"] == ["neg", "pos"]
-    rows = preprocess_dataset(reader.read("train", "train"), resolve_input_spec(cfg)).take_all()
+    rows = preprocess_dataset(reader.read("train", "train"), StageContext.for_config(cfg).input_spec).take_all()
     assert len(rows) == reader.summary()["splits"]["train"]["count"]
     for row in rows:
         ids = row["input_ids"].tolist()

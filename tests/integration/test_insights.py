@@ -17,10 +17,12 @@ from PIL import Image
 import ray_app.insights.projection as projection_module
 from calibration.policy import Policy
 from ray_app.errors import ExampleNotFound, InsightsError, InsightsNotReady
-from ray_app.insights import calibration_views, example, meaning_map, storyboard, summary
+from ray_app.insights import example, meaning_map, saved_calibration_views, storyboard, summary
 from ray_app.insights.outcomes import unique_row_ids
-from ray_app.pipeline import load_predictions, run_insights
 from ray_app.runs import Run
+from ray_app.splits import load_predictions
+from ray_app.stages import INSIGHTS
+from ray_app.stages.context import StageContext
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -28,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 @pytest.fixture(scope="module")
 def insights_run(calibrated):
     cfg, run, _ = calibrated
-    run_insights(cfg, run)
+    INSIGHTS.run(StageContext(cfg, run))
     return cfg, run
 
 
@@ -44,7 +46,7 @@ def expected_outcomes(run: Run) -> dict[str, dict]:
     """Each val_test row's outcome computed here from the logits and the policy."""
     policy = Policy.model_validate_json((run.root / "calibration" / "policy.json").read_text())
     logits, labels = load_predictions(run, "val_test", "evaluate")
-    with np.load(run.train_dir / "predictions" / "val_test.npz") as saved:
+    with np.load(run.train.predictions("val_test")) as saved:
         ids = saved["ids"]
     probs = policy.calibrated(logits)
     names = json.loads((run.splits_dir / "splits.json").read_text())["label_names"]
@@ -140,29 +142,29 @@ def test_another_model_invalidates_the_insights_and_gets_a_new_map(insights_run,
     predictions exported again the way the train stage does) make the old insights
     stale, and the map made for the new model has another key."""
     import ray
-
-    from ray_app.pipeline import resolve_input_spec, save_val_test_predictions
-    from ray_app.splits import SplitReader
     from safetensors.torch import load_file, save_file
+
+    from ray_app.splits import SplitReader
+    from ray_app.stages.train import save_val_test_predictions
     from trainers.predict import predict_outputs
 
     cfg, source = insights_run
     run = Run(tmp_path / source.name)
     shutil.copytree(source.root, run.root)
-    model_dir = run.train_dir / "model"
+    model_dir = run.train.model_dir
     weights = load_file(str(model_dir / "model.safetensors"))
     name = next(k for k in weights if k.startswith("head."))
     weights[name] = weights[name] + 0.5
     save_file(weights, str(model_dir / "model.safetensors"))
     outputs = predict_outputs({"val_test": SplitReader(run.splits_dir).read("val_test", "predict")},
-                              resolve_input_spec(cfg), model_dir, 64, features=True, keep=("content_hash", "ref"))
-    save_val_test_predictions(outputs["val_test"], run.train_dir / "predictions" / "val_test.npz", model_dir)
+                              StageContext.for_config(cfg).input_spec, model_dir, 64, features=True, keep=("content_hash", "ref"))
+    save_val_test_predictions(outputs["val_test"], run.train.predictions("val_test"), model_dir)
     assert ray.is_initialized()
     with pytest.raises(InsightsNotReady, match="describe an earlier model"):
         meaning_map(run)
     with pytest.raises(InsightsNotReady, match="make them again with: ray-app insights"):
         storyboard(run)
-    run_insights(cfg, run)
+    INSIGHTS.run(StageContext(cfg, run))
     assert meaning_map(run)["key"] != meaning_map(source)["key"]
 
 
@@ -221,7 +223,7 @@ def test_example_returns_the_val_test_image_as_a_thumbnail(insights_run) -> None
 
 def test_calibration_views_and_report_plots(insights_run) -> None:
     _, run = insights_run
-    views = calibration_views(run)
+    views = saved_calibration_views(run)
     n_calib = json.loads((run.splits_dir / "splits.json").read_text())["splits"]["val_calib"]["count"]
     assert views["split"] == "val_calib" and views["n"] == n_calib
     for panel in views["reliability"].values():

@@ -10,31 +10,26 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ray_app.pipeline import FAIL_AT_EPOCH_ENV, ensure_splits, run_training
-from ray_app.runs import Run
-from tests.conftest import smoke_config
+from tests.helpers.configs import smoke_config, trained
+from tests.helpers.faults import KillWorkersAt
 from trainers.checkpoint import PEFT_SETUP_FILE
 from trainers.model import build_classifier, load_classifier
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
-def test_two_worker_peft_run_resumes_and_exports_merged_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_two_worker_peft_run_resumes_and_exports_merged_weights(tmp_path: Path) -> None:
     cfg = smoke_config(
         tmp_path, "training.mode=peft", "training.peft.unfreeze_last_blocks=1", "training.peft.r=4",
         "scaling.num_workers=2", "training.epochs=2", "training.lr=0.01",
     )
-    run = Run.for_config(cfg)
-    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "1")  # both workers die at the start of epoch 1
-    run_training(cfg, run, ensure_splits(cfg, run))
+    run = trained(cfg, before_epoch=KillWorkersAt(1)).run  # both workers die at the start of epoch 1
 
-    rows = [json.loads(x) for x in (run.train_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in run.train.metrics.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and all(r["world_size"] == 2 for r in rows)
     assert [r["attempt"] for r in rows] == [0, 1]  # epoch 1 ran after resuming, once
 
-    checkpoints = [p for p in (run.train_dir / "ray_storage").glob("*/checkpoint_*") if p.is_dir()]
+    checkpoints = [p for p in run.train.ray_storage.glob("*/checkpoint_*") if p.is_dir()]
     assert checkpoints
     for checkpoint in checkpoints:
         assert (checkpoint / PEFT_SETUP_FILE).is_file()
@@ -43,8 +38,8 @@ def test_two_worker_peft_run_resumes_and_exports_merged_weights(
         assert keys and all(".lora_" in k or ".layers.1." in k or k.startswith("head.") for k in keys)
         assert any(".layers.0." in k for k in keys) and not any("base_layer" in k for k in keys)
 
-    model, spec = load_classifier(run.train_dir / "model")  # plain transformers names, no peft
-    saved = load_file(run.train_dir / "model" / "model.safetensors")
+    model, spec = load_classifier(run.train.model_dir)  # plain transformers names, no peft
+    saved = load_file(run.train.model_dir / "model.safetensors")
     plain = build_classifier(cfg.model, spec["num_labels"]).state_dict()
     assert set(saved) == set(plain)
     torch.manual_seed(cfg.seed)  # the base every rank (and the driver) drew from the seed

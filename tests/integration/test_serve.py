@@ -34,7 +34,7 @@ LIMITS = {"max_inputs_per_request": 8, "max_body_bytes": 64 * 1024, "top_k": 2,
 def deploy_apps(ray_local, serve_port: int, smoke_bundle: Path):
     """Deploy apps serving the smoke bundle the way `ray-app serve` / `serve deploy` do
     (declaratively: the listed apps are the whole desired state)."""
-    from ray_app.serving import deploy
+    from ray_app.cli.serve import deploy
 
     def apps(**per_app: dict[str, Any]) -> None:
         configs = [ServeConfig(bundle=str(smoke_bundle), port=serve_port, app_name=name, route_prefix=f"/{name}", **settings)

@@ -16,7 +16,7 @@ import yaml
 from ray_app.cli import main
 from ray_app.config import load_config
 from ray_app.runs import Run, find_runs
-from tests.conftest import SMOKE
+from tests.helpers.configs import SMOKE
 
 GOOD_LRS = (0.003, 0.002)
 # Learning rates too small to move the weights: after one epoch these trials are still
@@ -70,15 +70,15 @@ def test_asha_stops_the_stalled_trials_after_one_epoch(sweep: dict[str, Any]) ->
         run = Run(sweep["root"] / row["run"])
         assert run.stage_info("train")["status"] == "stopped"
         assert "stopped by ASHA after 1 epoch(s)" in run.stage_info("train")["error"]
-        assert not (run.train_dir / "model").exists()
+        assert not (run.train.model_dir).exists()
     # Every epoch went to Tune: the first good trial (alone on the rungs) ran them all
     # and finished as a complete run with its model and exported logits.
     first = _row(sweep, GOOD_LRS[0])
     assert first["status"] == "complete" and first["epochs"] == str(EPOCHS)
     run = Run(sweep["root"] / first["run"])
     assert run.stage_info("train")["status"] == "complete"
-    assert (run.train_dir / "model" / "model.safetensors").is_file()
-    assert {p.name for p in (run.train_dir / "predictions").iterdir()} == {"val_calib.npz", "val_test.npz"}
+    assert (run.train.model_dir / "model.safetensors").is_file()
+    assert {p.name for p in (run.train.predictions_dir).iterdir()} == {"val_calib.npz", "val_test.npz"}
 
 
 def test_results_table_ranks_trials_and_the_best_is_printed(sweep: dict[str, Any]) -> None:
@@ -99,7 +99,9 @@ def test_results_table_ranks_trials_and_the_best_is_printed(sweep: dict[str, Any
 
 
 def test_best_config_reproduces_the_best_trial(sweep: dict[str, Any], tmp_path: Path) -> None:
-    from ray_app.pipeline import ensure_splits, run_training
+    from ray_app.stages.context import StageContext
+    from ray_app.stages.splits import ensure_splits
+    from ray_app.stages.train import run_training
 
     best_yaml = sweep["dir"] / "best.yaml"
     assert best_yaml.read_text().startswith(f"# ray-app run {best_yaml}\n")
@@ -107,10 +109,12 @@ def test_best_config_reproduces_the_best_trial(sweep: dict[str, Any], tmp_path: 
     cfg = load_config(best_yaml)
     assert Run.for_config(cfg).name == best["run"]  # `ray-app run best.yaml` finishes that run
     again = load_config(best_yaml, [f"storage.root={tmp_path}"])
-    run = Run.for_config(again)
-    run_training(again, run, ensure_splits(again, run))
+    ctx = StageContext(again, Run.for_config(again))
+    ensure_splits(ctx)
+    run_training(ctx)
+    run = ctx.run
     trial_history = (sweep["root"] / best["run"] / "train" / "metrics.jsonl").read_text().splitlines()
-    new_history = (run.train_dir / "metrics.jsonl").read_text().splitlines()
+    new_history = run.train.metrics.read_text().splitlines()
     keys = ("epoch", "train/loss", "val_select/loss", "val_select/accuracy", "val_select/macro_f1")
     for trial_row, new_row in zip(map(json.loads, trial_history), map(json.loads, new_history), strict=True):
         assert {k: new_row[k] for k in keys} == pytest.approx({k: trial_row[k] for k in keys}, abs=1e-6)

@@ -18,11 +18,14 @@ import pytest
 from calibration.policy import Policy
 from ray_app.config import load_config
 from ray_app.insights import example, meaning_map, storyboard
-from ray_app.pipeline import ensure_splits, run_calibration, run_evaluation, run_export, run_insights, run_training
 from ray_app.runs import Run
+from ray_app.stages import CALIBRATE, EVALUATE, EXPORT, INSIGHTS
+from ray_app.stages.context import StageContext
+from ray_app.stages.splits import ensure_splits
+from ray_app.stages.train import run_training
 from serve.bundle import load_bundle
 from serve.predictor import BundlePredictor, PredictInput, PredictRequest
-from tests.conftest import REPO
+from tests.helpers.configs import REPO
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -80,31 +83,31 @@ def test_text_run_trains_end_to_end_and_the_bundle_answers_texts(tmp_path: Path)
         # No Tune sweep here (tests/integration/test_calibration_stage.py covers it).
         "calibration.guardrail.enabled=false", "calibration.policy=threshold",
     )
-    run = Run.for_config(cfg)
-    reader = ensure_splits(cfg, run)
+    ctx = StageContext(cfg, Run.for_config(cfg))
+    run, reader = ctx.run, ensure_splits(ctx)
     summary = reader.summary()
     assert summary["label_names"] == ["meh", "neg", "pos"] and summary["num_rows_used"] == len(rows)
 
-    info = run_training(cfg, run, reader)
-    history = [json.loads(x) for x in (run.train_dir / "metrics.jsonl").read_text().splitlines()]
+    info = run_training(ctx)
+    history = [json.loads(x) for x in run.train.metrics.read_text().splitlines()]
     assert [r["epoch"] for r in history] == list(range(6))
-    assert (run.train_dir / "metrics.csv").read_text().count("\n") == 1 + 6
+    assert (run.train.metrics_csv).read_text().count("\n") == 1 + 6
     assert history[-1]["train/loss"] < history[0]["train/loss"]
     assert info["best"]["val_select/accuracy"] >= 0.7  # chance is 1/3
     for split in ("val_calib", "val_test"):
-        with np.load(run.train_dir / "predictions" / f"{split}.npz") as saved:
+        with np.load(run.train.predictions(split)) as saved:
             assert saved["logits"].shape == (summary["splits"][split]["count"], 3)
             assert saved["logits"].dtype == np.float32 and np.isfinite(saved["logits"]).all()
             assert sorted(saved["labels"].tolist()) == sorted(
                 [summary["label_names"].index(k) for k, n in summary["splits"][split]["class_counts"].items()
                  for _ in range(n)]
             )
-    spec = json.loads((run.train_dir / "model" / "classifier.json").read_text())["preprocessing"]
+    spec = json.loads((run.train.model_dir / "classifier.json").read_text())["preprocessing"]
     assert spec == {"kind": "text", "tokenizer": str(tokenizer.resolve()), "max_length": 16}
 
-    run_calibration(cfg, run)
-    run_evaluation(cfg, run)
-    run_insights(cfg, run)
+    CALIBRATE.run(StageContext(cfg, run))
+    EVALUATE.run(StageContext(cfg, run))
+    INSIGHTS.run(StageContext(cfg, run))
     # text insights: the TF-IDF reference beats chance, examples come back as their text,
     # and the threshold policy's storyboard says it has no assist band
     reference = run.stage_info("insights")["reference"]
@@ -119,7 +122,7 @@ def test_text_run_trains_end_to_end_and_the_bundle_answers_texts(tmp_path: Path)
         assert answer["kind"] == "text" and texts[answer["text"]] == answer["label"] == entry["label"]
     assert meaning_map(run)["rows"]["shown"] == summary["splits"]["val_test"]["count"]
     assert not (run.root / "insights" / "storyboard.png").exists()  # thumbnails are for images
-    bundle_dir = Path(run_export(cfg, run)["bundle"])
+    bundle_dir = Path(EXPORT.run(StageContext(cfg, run))["bundle"])
     shutil.rmtree(tmp_path / "tok")  # the bundle carries its tokenizer
     predictor = BundlePredictor(load_bundle(bundle_dir), max_image_pixels=1)
     texts = ["the film was very great and lovely", "the plot was awful", "the cast was plain"]
@@ -155,7 +158,7 @@ def test_csv_jsonl_and_parquet_text_sources_make_the_same_splits(tmp_path: Path)
     for kind, overrides in sources.items():
         cfg = text_config(tmp_path / kind, csv_path, tokenizer, *overrides)
         assert cfg.data.source.modality == "text"
-        summaries[kind] = ensure_splits(cfg, Run.for_config(cfg)).summary()
+        summaries[kind] = ensure_splits(StageContext.for_config(cfg)).summary()
     for kind, summary in summaries.items():
         assert summary["label_names"] == ["meh", "neg", "pos"], kind
         assert summary["num_rows_used"] == len(rows), kind

@@ -12,25 +12,27 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ray_app.pipeline import FAIL_AT_EPOCH_ENV, ensure_splits, resolve_input_spec, run_training
 from ray_app.runs import Run
-from tests.conftest import smoke_config
-from trainers.baseline import LoopParams, fit_baseline
+from ray_app.stages.context import StageContext
+from tests.helpers.configs import smoke_config, trained
+from tests.helpers.faults import KillWorkersAt
+from trainers.history import HistoryFiles
 from trainers.model import build_classifier, load_classifier
 from trainers.preprocess import preprocess_image_batch
+from trainers.train_loop import LoopParams, fit_classifier
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 def history(run: Run) -> list[dict]:
-    return [json.loads(x) for x in (run.train_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(x) for x in run.train.metrics.read_text().splitlines()]
 
 
 def test_smoke_run_metrics_one_row_per_epoch(smoke_run) -> None:
     cfg, run = smoke_run
     rows = history(run)
     assert [r["epoch"] for r in rows] == [0, 1, 2]
-    csv_lines = (run.train_dir / "metrics.csv").read_text().splitlines()
+    csv_lines = (run.train.metrics_csv).read_text().splitlines()
     assert len(csv_lines) == 1 + 3 and "val_select/accuracy" in csv_lines[0]
     for row in rows:
         assert 0.0 <= row["val_select/accuracy"] <= 1.0 and row["val_select/loss"] > 0
@@ -45,7 +47,7 @@ def test_smoke_run_metrics_one_row_per_epoch(smoke_run) -> None:
 
 def test_smoke_run_checkpoints_are_kept_best_and_latest(smoke_run) -> None:
     _, run = smoke_run
-    checkpoints = sorted(p for p in (run.train_dir / "ray_storage").glob("*/checkpoint_*") if p.is_dir())
+    checkpoints = sorted(p for p in run.train.ray_storage.glob("*/checkpoint_*") if p.is_dir())
     assert 1 <= len(checkpoints) <= 2  # checkpoints_to_keep=2: the best and the latest
     for checkpoint in checkpoints:
         assert {"model.safetensors", "optimizer.pt", "train_state.json"} <= {p.name for p in checkpoint.iterdir()}
@@ -56,13 +58,13 @@ def test_smoke_run_checkpoints_are_kept_best_and_latest(smoke_run) -> None:
 def test_smoke_run_logits_come_from_the_selected_model(smoke_run) -> None:
     cfg, run = smoke_run
     summary = json.loads((run.splits_dir / "splits.json").read_text())
-    model, spec = load_classifier(run.train_dir / "model")
+    model, spec = load_classifier(run.train.model_dir)
     assert spec["selected_epoch"] == run.stage_info("train")["best_epoch"]
     assert run.stage_info("train")["predictions"] == {
         s: [summary["splits"][s]["count"], 10] for s in ("val_calib", "val_test")
     }
     for split in ("val_calib", "val_test"):
-        saved = np.load(run.train_dir / "predictions" / f"{split}.npz", allow_pickle=False)
+        saved = np.load(run.train.predictions(split), allow_pickle=False)
         logits, labels = saved["logits"], saved["labels"]
         assert logits.shape == (summary["splits"][split]["count"], 10) and logits.dtype == np.float32
         counts = np.bincount(labels, minlength=10).tolist()
@@ -71,7 +73,7 @@ def test_smoke_run_logits_come_from_the_selected_model(smoke_run) -> None:
         table = pq.read_table(run.splits_dir / split).to_pydict()
         batch = preprocess_image_batch(
             {"image": np.array(table["image"], dtype=object), "label_id": np.array(table["label_id"])},
-            resolve_input_spec(cfg),
+            StageContext.for_config(cfg).input_spec,
         )
         with torch.no_grad():
             local = model(pixel_values=torch.as_tensor(batch["pixel_values"])).numpy()
@@ -87,16 +89,14 @@ def test_training_reads_only_train_and_val_select(smoke_run) -> None:
 
 def test_fit_refuses_other_splits() -> None:
     cfg = smoke_config(Path("/nonexistent"))
-    params = LoopParams(model=cfg.model, training=cfg.training, num_labels=10, train_rows=1, seed=0, metrics_dir="x")
+    params = LoopParams(model=cfg.model, training=cfg.training, num_labels=10, train_rows=1, seed=0,
+                        history=HistoryFiles("x", "x", "x"))
     with pytest.raises(ValueError, match="exactly train and val_select"):
-        fit_baseline(params, {"train": None, "val_select": None, "val_test": None}, cfg.scaling, Path("/tmp"), "x")
+        fit_classifier(params, {"train": None, "val_select": None, "val_test": None}, cfg.scaling, Path("/tmp"), "x")
 
 
-def test_killed_worker_resumes_from_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = smoke_config(tmp_path, "training.epochs=3")
-    run = Run.for_config(cfg)
-    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "1")
-    run_training(cfg, run, ensure_splits(cfg, run))
+def test_killed_worker_resumes_from_last_checkpoint(tmp_path: Path) -> None:
+    run = trained(smoke_config(tmp_path, "training.epochs=3"), before_epoch=KillWorkersAt(1)).run
     rows = history(run)
     assert [r["epoch"] for r in rows] == [0, 1, 2]  # each epoch exactly once
     # epoch 0 was trained by the first attempt; after the kill the group restarted
@@ -107,8 +107,7 @@ def test_killed_worker_resumes_from_last_checkpoint(tmp_path: Path, monkeypatch:
 
 def test_two_workers_with_frozen_backbone(tmp_path: Path) -> None:
     cfg = smoke_config(tmp_path, "scaling.num_workers=2", "model.freeze_backbone=true", "training.lr=0.01")
-    run = Run.for_config(cfg)
-    run_training(cfg, run, ensure_splits(cfg, run))
+    run = trained(cfg).run
     rows = history(run)
     train_count = json.loads((run.splits_dir / "splits.json").read_text())["splits"]["train"]["count"]
     assert all(r["world_size"] == 2 for r in rows)
@@ -116,39 +115,37 @@ def test_two_workers_with_frozen_backbone(tmp_path: Path) -> None:
 
     torch.manual_seed(cfg.seed)  # the loop builds its model from this seed
     initial = build_classifier(cfg.model, 10).state_dict()
-    trained = load_file(run.train_dir / "model" / "model.safetensors")
+    weights = load_file(run.train.model_dir / "model.safetensors")
     backbone_keys = [k for k in initial if k.startswith("backbone.")]
-    assert backbone_keys and all(torch.equal(initial[k], trained[k]) for k in backbone_keys)
-    assert not torch.equal(initial["head.weight"], trained["head.weight"])  # the head did train
+    assert backbone_keys and all(torch.equal(initial[k], weights[k]) for k in backbone_keys)
+    assert not torch.equal(initial["head.weight"], weights["head.weight"])  # the head did train
 
 
 def test_early_stopping_stops_and_keeps_the_best(tmp_path: Path) -> None:
     # An lr too small to change any prediction: accuracy never improves after epoch 0.
     cfg = smoke_config(tmp_path, "training.epochs=6", "training.lr=1e-12",
                        "training.early_stopping.patience=2", "training.ema.enabled=true")
-    run = Run.for_config(cfg)
-    run_training(cfg, run, ensure_splits(cfg, run))
+    run = trained(cfg).run
     rows = history(run)
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert run.stage_info("train")["best_epoch"] == 0 and run.stage_info("train")["epochs_run"] == 3
 
 
-def test_failed_training_is_recorded_not_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_training_is_recorded_not_complete(tmp_path: Path) -> None:
     cfg = smoke_config(tmp_path, "training.epochs=2", "scaling.max_failures=0")
     run = Run.for_config(cfg)
-    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "1")
     with pytest.raises(Exception):
-        run_training(cfg, run, ensure_splits(cfg, run))
+        trained(cfg, before_epoch=KillWorkersAt(1))
     info = run.stage_info("train")
     assert info["status"] == "failed" and info["error"]
     assert run.stage_info("splits")["status"] == "complete"
-    assert not (run.train_dir / "model").exists() and not (run.train_dir / "predictions").exists()
+    assert not (run.train.model_dir).exists() and not (run.train.predictions_dir).exists()
 
 
 def test_train_shard_cache_keeps_rows_and_reshuffles() -> None:
     import ray.data
 
-    from trainers.baseline import TrainShardCache
+    from trainers.train_loop import TrainShardCache
 
     ds = ray.data.from_items([{"x": float(i), "labels": i % 3} for i in range(50)])
     shard = ds.iterator()

@@ -1,4 +1,4 @@
-"""`model.views` is one definition: validation (trainers.baseline.evaluate on the model
+"""`model.views` is one definition: validation (trainers.train_loop.evaluate on the model
 the training builds), the exported logits (Ray Data batch inference on the saved
 classifier) and serving (BundlePredictor on the exported bundle) give the same
 multi-view logits for the same images. No training run: a seeded tiny ViT suffices."""
@@ -20,11 +20,11 @@ from PIL import Image
 from calibration.policy import Policy
 from serve.bundle import export_bundle, load_bundle
 from serve.predictor import BundlePredictor, PredictInput, PredictRequest
-from tests.unit.test_model import model_cfg
-from trainers.baseline import evaluate
+from tests.helpers.models import model_cfg
+from tests.helpers.references import predict_logits
 from trainers.model import build_classifier, save_classifier
-from trainers.predict import predict_logits
 from trainers.preprocess import ImageSpec, preprocess_dataset, preprocess_image_batch
+from trainers.train_loop import evaluate
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers.configs import REPO
 
 
 def test_cluster_yaml_is_a_valid_ray_cluster_config() -> None:

@@ -1,0 +1,291 @@
+// One run: status and stage timeline, live charts (history first, then the metrics
+// stream), the log (tail, then live; it follows the end unless the reader scrolled up),
+// stop / rerun, and once it is done its summary, calibration, meaning map and storyboard.
+import { ACTIVE, api, badge, epochTicks, h, layout, num, pct, PALETTE, PLOT_CONFIG, seconds, toast } from "./common.js";
+
+const name = document.getElementById("run").dataset.run;
+const path = `/runs/${encodeURIComponent(name)}`;
+const CHARTS = {
+  "chart-loss": { title: "Loss", y: "loss", series: [["train/loss", "train"], ["val_select/loss", "val_select"]] },
+  "chart-accuracy": { title: "Accuracy (val_select)", y: "accuracy", series: [["val_select/accuracy", "val_select"]] },
+  "chart-f1": { title: "Macro-F1 (val_select)", y: "macro-F1", series: [["val_select/macro_f1", "val_select"]] },
+  "chart-lr": { title: "Learning rate", y: "lr", series: [["lr", "lr"]] },
+};
+let detail = null;
+let finishedShown = false;
+let streams = [];
+
+// --- status, stages, buttons -------------------------------------------------------
+
+function showDetail(run) {
+  detail = run;
+  document.getElementById("run-status").replaceWith(Object.assign(badge(run.status, run.message), { id: "run-status" }));
+  const facts = [run.family, run.backbone, run.dataset, run.mode, run.template ? `template ${run.template}` : null,
+    run.job ? `job ${run.job.submission_id} (${run.job.state})` : null].filter(Boolean);
+  document.getElementById("run-facts").textContent = facts.join(" · ");
+  const message = document.getElementById("run-message");
+  message.hidden = !run.message || run.status === "succeeded";
+  message.textContent = run.message || "";
+  const timeline = document.getElementById("timeline");
+  // The stage order is the pipeline's own (ray_app.stages), as the API gives it.
+  timeline.replaceChildren(...run.stage_order.map((stage) => {
+    const info = run.stages[stage] || {};
+    const status = info.status || "waiting";
+    return h("div", { class: `stage stage-${status}`, style: `flex-grow: ${Math.max(1, Math.log2(2 + (info.seconds || 0)))}`,
+      title: info.error || "" },
+      h("strong", { text: stage }), h("span", { text: info.seconds ? `${status} · ${seconds(info.seconds)}` : status }));
+  }));
+  const active = ACTIVE.has(run.status);
+  document.getElementById("stop").hidden = !active;
+  document.getElementById("rerun").hidden = active;
+  if (!active && !finishedShown && run.stages.export && run.stages.export.status === "complete") {
+    finishedShown = true;
+    showFinished(run).catch((error) => toast(`Could not show the results: ${error.message}`, "error"));
+  }
+}
+
+async function refresh() {
+  showDetail(await api(path));
+}
+
+document.getElementById("stop").addEventListener("click", async (event) => {
+  event.target.disabled = true;
+  try { await api(`${path}/stop`, { method: "POST" }); toast("Stopping…"); } catch (error) { toast(error.message, "error"); }
+  event.target.disabled = false;
+});
+document.getElementById("rerun").addEventListener("click", async (event) => {
+  event.target.disabled = true;
+  try {
+    const launched = await api(`${path}/rerun`, { method: "POST", body: {} });
+    location.href = `/runs/${encodeURIComponent(launched.run)}`;
+  } catch (error) { toast(error.message, "error"); event.target.disabled = false; }
+});
+
+// --- training charts ------------------------------------------------------------------
+
+function drawCharts(rows) {
+  for (const [id, chart] of Object.entries(CHARTS)) {
+    const traces = chart.series.map(([key, label], i) => ({
+      x: rows.filter((r) => r[key] !== undefined).map((r) => r.epoch + 1),
+      y: rows.filter((r) => r[key] !== undefined).map((r) => r[key]),
+      name: label, mode: "lines+markers", line: { color: PALETTE[i], width: 2 }, marker: { size: 5 }, meta: key,
+    }));
+    const epochs = (detail && detail.config && detail.config.training && detail.config.training.epochs) || rows.length || 1;
+    const chartLayout = layout(chart.title, { y: chart.y, extra: { showlegend: chart.series.length > 1 } });
+    Object.assign(chartLayout.xaxis, epochTicks(epochs), { range: [0.5, epochs + 0.5] });
+    if (chart.series.length === 1) chartLayout.margin.b = 56;  // no legend below to make room for
+    Plotly.newPlot(id, traces, chartLayout, PLOT_CONFIG);
+  }
+}
+
+function appendRow(row) {
+  for (const [id, chart] of Object.entries(CHARTS)) {
+    const indices = [];
+    const xs = [];
+    const ys = [];
+    chart.series.forEach(([key], i) => {
+      if (row[key] === undefined) return;
+      indices.push(i); xs.push([row.epoch + 1]); ys.push([row[key]]);
+    });
+    if (indices.length) Plotly.extendTraces(id, { x: xs, y: ys }, indices);
+  }
+}
+
+function noteEpoch(row) {
+  const best = row.best_epoch !== undefined ? ` · best so far: epoch ${row.best_epoch + 1}` : "";
+  document.getElementById("epoch-note").textContent = `epoch ${row.epoch + 1}${best}`;
+}
+
+async function followMetrics() {
+  const history = await api(`${path}/metrics?limit=10000&order=asc`);
+  drawCharts(history.rows);
+  let last = history.rows.length ? history.rows[history.rows.length - 1].epoch : -1;
+  if (history.rows.length) noteEpoch(history.rows[history.rows.length - 1]);
+  const source = new EventSource(`/api/v1${path}/metrics/stream?since_epoch=${last}`);
+  streams.push(source);
+  source.addEventListener("metrics", (event) => {
+    const row = JSON.parse(event.data);
+    if (row.epoch <= last) return;
+    last = row.epoch;
+    appendRow(row);
+    noteEpoch(row);
+  });
+  source.addEventListener("end", () => { source.close(); refresh(); });
+}
+
+// --- the log --------------------------------------------------------------------------
+
+async function followLog() {
+  const box = document.getElementById("log");
+  const tail = await api(`${path}/logs?tail=400`);
+  box.textContent = tail.lines.join("\n");
+  box.scrollTop = box.scrollHeight;
+  document.getElementById("log-note").textContent = tail.path;
+  const source = new EventSource(`/api/v1${path}/logs/stream?offset=${tail.offset}`);
+  streams.push(source);
+  source.addEventListener("log", (event) => {
+    const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 24;
+    const lines = JSON.parse(event.data).lines;
+    box.textContent += (box.textContent ? "\n" : "") + lines.join("\n");
+    if (atEnd) box.scrollTop = box.scrollHeight;  // follows the tail unless the reader scrolled up
+  });
+  source.addEventListener("end", () => source.close());
+}
+
+// --- results ----------------------------------------------------------------------------
+
+function stat(label, value, hint) {
+  return h("div", { class: "stat", title: hint || null }, h("span", { class: "label", text: label }), h("span", { class: "value", text: value }));
+}
+
+function showSummary(run) {
+  const evaluation = run.evaluation || {};
+  const policy = evaluation.policy || {};
+  const train = run.stages.train || {};
+  document.getElementById("summary").replaceChildren(
+    stat("val_test accuracy", num(evaluation.accuracy)),
+    stat("val_test macro-F1", num(evaluation.macro_f1)),
+    stat("Best epoch", train.best_epoch === undefined ? "–" : `${train.best_epoch + 1} of ${train.epochs_run}`),
+    stat("Best val_select accuracy", num(run.best_accuracy)),
+    stat("Coverage (accepted)", pct(policy.coverage ?? run.coverage)),
+    stat("Accepted accuracy", num(policy.accepted_accuracy)),
+    stat("Assist rate", pct(policy.assist_rate)),
+    stat("Abstain rate", pct(policy.abstain_rate)),
+    stat("ECE after temperature", num(evaluation.calibrated && evaluation.calibrated.ece)),
+  );
+  const serve = document.getElementById("serve");
+  if (run.bundle) {
+    serve.replaceChildren(h("div", {}, h("span", { class: "label", text: "Serve it" }), h("code", { text: run.bundle.serve_command })),
+      h("div", {}, h("span", { class: "label", text: "Model version" }), h("code", { text: run.bundle.model_version })));
+  }
+}
+
+function showCalibration(views) {
+  const bins = (which) => views.reliability[which].bins.filter((b) => b.count > 0);
+  const traces = ["before", "after"].map((which, i) => ({
+    x: bins(which).map((b) => b.confidence), y: bins(which).map((b) => b.accuracy),
+    text: bins(which).map((b) => `${b.count} samples`), name: which === "before" ? "before temperature" : `after (T=${num(views.temperature, 2)})`,
+    mode: "lines+markers", marker: { size: bins(which).map((b) => 5 + Math.min(10, Math.sqrt(b.count))), color: PALETTE[i] },
+    hovertemplate: "confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{text}<extra></extra>",
+  }));
+  traces.unshift({ x: [0, 1], y: [0, 1], mode: "lines", name: "perfect", line: { dash: "dot", color: "#9ca3af" }, hoverinfo: "skip" });
+  Plotly.newPlot("chart-reliability", traces, layout("Reliability", { x: "confidence", y: "accuracy",
+    extra: { xaxis: { range: [0, 1], title: { text: "confidence" } }, yaxis: { range: [0, 1.02], title: { text: "accuracy" } } } }), PLOT_CONFIG);
+
+  const hist = views.decision_histogram;
+  const centers = hist.edges.slice(0, -1).map((e, i) => (e + hist.edges[i + 1]) / 2);
+  const colors = { accept: "#16a34a", assist: "#ca8a04", abstain: "#dc2626" };
+  Plotly.newPlot("chart-decisions", Object.keys(colors).map((decision) => ({
+    x: centers, y: hist.counts[decision], type: "bar", name: `${decision} (${hist.totals[decision]})`, marker: { color: colors[decision] },
+  })), layout("Confidence by decision", { x: "calibrated confidence", y: "samples", extra: { barmode: "stack", bargap: 0.05 } }), PLOT_CONFIG);
+
+  const risk = views.risk_coverage;
+  const points = Object.entries(risk.rules).map(([rule, p], i) => ({
+    x: [p.coverage], y: [p.selective_risk], name: rule, mode: "markers", marker: { size: 11, color: PALETTE[i + 1], symbol: "diamond" },
+  }));
+  Plotly.newPlot("chart-risk", [{ x: risk.curve.map((p) => p.coverage), y: risk.curve.map((p) => p.selective_risk), mode: "lines",
+    name: "threshold sweep", line: { color: PALETTE[0] } }, ...points],
+  layout("Risk vs coverage (risk: errors among accepted)", { x: "coverage", y: "selective risk" }), PLOT_CONFIG);
+}
+
+const COLORS = { accept: "#16a34a", assist: "#ca8a04", abstain: "#dc2626", true: "#2563eb", false: "#dc2626" };
+let mapExampleTimer = null;
+
+async function showExample(id) {
+  const box = document.getElementById("example");
+  const example = await api(`${path}/examples/${encodeURIComponent(id)}?thumbnail_px=160`);
+  box.replaceChildren(
+    example.kind === "image"
+      ? h("img", { src: `data:${example.media_type};base64,${example.image}`, alt: `example ${example.id}`, class: "pixelated" })
+      : h("blockquote", { text: example.text }),
+    h("dl", {},
+      h("dt", { text: "label" }), h("dd", { text: example.label }),
+      h("dt", { text: "prediction" }), h("dd", { text: example.prediction }),
+      h("dt", { text: "confidence" }), h("dd", { text: num(example.confidence) }),
+      h("dt", { text: "decision" }), h("dd", {}, h("span", { class: `badge decision-${example.decision}`, text: example.decision })),
+      h("dt", { text: "source" }), h("dd", { class: "small", text: example.source })),
+  );
+}
+
+async function showMap() {
+  const color = document.getElementById("map-color").value;
+  const method = document.getElementById("map-method").value;
+  document.getElementById("map-note").textContent = method === "tsne" ? "computing t-SNE…" : "";
+  const map = await api(`${path}/meaning-map?color=${color}&method=${method}`);
+  const groups = [...new Set(map.points.map((p) => String(p.color)))].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+  const traces = groups.map((group, i) => {
+    const points = map.points.filter((p) => String(p.color) === group);
+    return {
+      x: points.map((p) => p.x), y: points.map((p) => p.y), customdata: points.map((p) => p.id),
+      text: points.map((p) => `label ${p.label} · predicted ${p.prediction}<br>confidence ${num(p.confidence, 2)} · ${p.decision}`),
+      hovertemplate: "%{text}<extra></extra>", name: color === "correct" ? (group === "true" ? "right" : "wrong") : group,
+      type: "scatter", mode: "markers", marker: { size: 7, opacity: 0.85, color: COLORS[group] || PALETTE[i % PALETTE.length] },
+    };
+  });
+  const explained = map.explained_variance_ratio ? ` · variance explained ${pct(map.explained_variance_ratio[0] + map.explained_variance_ratio[1])}` : "";
+  document.getElementById("map-note").textContent =
+    `${map.rows.shown} of ${map.rows.total} val_test rows · ${map.method.toUpperCase()}${explained}${map.cached ? " · cached" : ""}`;
+  const chart = document.getElementById("chart-map");
+  await Plotly.react(chart, traces, layout("", { x: "component 1", y: "component 2",
+    extra: { dragmode: "pan", margin: { l: 48, r: 16, t: 24, b: 48 }, legend: { title: { text: color }, orientation: "v", x: 1.01, y: 1, yanchor: "top" } } }),
+  { ...PLOT_CONFIG, scrollZoom: true });
+  if (!chart._wired) {
+    chart._wired = true;
+    chart.on("plotly_click", (event) => showExample(event.points[0].customdata));
+    chart.on("plotly_hover", (event) => {
+      clearTimeout(mapExampleTimer);
+      mapExampleTimer = setTimeout(() => showExample(event.points[0].customdata).catch(() => {}), 150);
+    });
+  }
+}
+
+async function showStoryboard(board) {
+  const box = document.getElementById("storyboard");
+  const sections = Object.entries(board.categories).map(([category, info]) => {
+    const tiles = (info.examples || []).map((example) => {
+      const tile = h("figure", { class: `tile decision-${example.decision}`, dataset: { id: example.id, category } },
+        h("div", { class: "thumb" }), h("figcaption", {},
+          h("span", { text: `label ${example.label} → ${example.prediction}` }), h("span", { class: "muted", text: ` ${num(example.confidence, 2)}` })));
+      api(`${path}/examples/${encodeURIComponent(example.id)}?thumbnail_px=96`).then((full) => {
+        tile.querySelector(".thumb").append(full.kind === "image"
+          ? h("img", { src: `data:${full.media_type};base64,${full.image}`, alt: `example ${full.id}`, class: "pixelated" })
+          : h("p", { class: "text-example", text: full.text }));
+      }).catch(() => {});
+      return tile;
+    });
+    return h("section", { class: "story", dataset: { category } },
+      h("h3", {}, h("span", { class: "category", text: category.replace("_", " ") }), h("span", { class: "muted", text: ` · ${info.count} rows` })),
+      h("p", { class: "muted small", text: info.available ? info.description : info.reason }),
+      h("div", { class: "tiles" }, tiles));
+  });
+  const pairs = (board.confused_pairs || []).map((pair) => h("li", {}, `${pair.classes.join(" ↔ ")}: ${pair.count} mistakes`));
+  box.replaceChildren(...sections, pairs.length ? h("section", { class: "story" }, h("h3", { text: "Most confused classes" }), h("ul", {}, pairs)) : "");
+}
+
+async function showFinished(run) {
+  document.getElementById("finished").hidden = false;
+  showSummary(run);
+  const [views, board] = await Promise.all([api(`${path}/calibration-views`), api(`${path}/storyboard`)]);
+  showCalibration(views);
+  await showStoryboard(board);
+  await showMap();
+}
+
+document.getElementById("map-color").addEventListener("change", () => showMap().catch((e) => toast(e.message, "error")));
+document.getElementById("map-method").addEventListener("change", () => showMap().catch((e) => toast(e.message, "error")));
+window.addEventListener("beforeunload", () => streams.forEach((s) => s.close()));
+
+async function main() {
+  try {
+    await refresh();
+  } catch (error) {
+    const message = document.getElementById("run-message");
+    message.hidden = false;
+    message.textContent = error.status === 404 ? `${error.message}. All runs are on the Runs page.` : error.message;
+    return;
+  }
+  await Promise.all([followMetrics(), followLog()]);
+  setInterval(() => { if (!detail || ACTIVE.has(detail.status)) refresh().catch(() => {}); }, 2000);
+}
+
+main();
