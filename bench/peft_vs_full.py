@@ -102,7 +102,7 @@ from ray_app.sources import encoded_digits
 from trainers.adapters import PeftSetup, PeftSetupError, check_peft_setup
 from trainers.config import PeftConfig
 from trainers.model import Classifier, backbone_skeleton, build_classifier
-from trainers.preprocess import LABEL_KEY, ImageSpec, preprocess_image_batch, resolve_image_spec
+from trainers.preprocess import LABEL_KEY, ImageSpec, normalize_pixel_tensor, preprocess_image_batch, resolve_image_spec
 from trainers.train_loop import param_groups
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -189,9 +189,10 @@ def digits_png_batch() -> dict[str, np.ndarray]:
 
 
 def load_digits_tensors(spec: ImageSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """All digits, preprocessed by the function Ray Data runs during training."""
+    """All digits, preprocessed by the function Ray Data runs during training and
+    normalised as the training loop normalises them."""
     out = preprocess_image_batch(digits_png_batch(), spec)
-    return torch.from_numpy(out["pixel_values"]), torch.from_numpy(out[LABEL_KEY])
+    return normalize_pixel_tensor(torch.from_numpy(out["pixel_values"]), spec), torch.from_numpy(out[LABEL_KEY])
 
 
 def endless_batches(

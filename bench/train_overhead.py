@@ -69,7 +69,7 @@ from ray_app.splits import SplitReader  # noqa: E402
 from ray_app.stages.context import StageContext  # noqa: E402
 from ray_app.stages.splits import ensure_splits  # noqa: E402
 from trainers.model import build_classifier  # noqa: E402
-from trainers.preprocess import LABEL_KEY, ImageSpec, preprocess_dataset, preprocess_image_batch  # noqa: E402
+from trainers.preprocess import LABEL_KEY, ImageSpec, model_inputs, preprocess_dataset, preprocess_image_batch  # noqa: E402
 from trainers.train_loop import LoopParams, fit_classifier, param_groups  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -145,10 +145,11 @@ def steady_state(*runs: dict[str, Any]) -> tuple[float, float]:
 
 
 def plain_fit(
-    cfg: AppConfig, pixels: torch.Tensor, labels: torch.Tensor, num_labels: int, tag: str
+    cfg: AppConfig, pixels: torch.Tensor, labels: torch.Tensor, num_labels: int, tag: str, spec: ImageSpec
 ) -> dict[str, Any]:
     """The baseline recipe without Ray: same model, optimizer, schedule, clipping, loss
-    and batch size. Times each epoch's batch loop only."""
+    and batch size, the uint8 pixels normalised per batch as ray-app's loop does. Times
+    each epoch's batch loop only."""
     training = cfg.training
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -170,7 +171,7 @@ def plain_fit(
         epoch_started = time.perf_counter()
         samples, loss_sum = 0, 0.0
         for batch_pixels, target in loader:
-            loss = F.cross_entropy(model(pixel_values=batch_pixels).float(), target)
+            loss = F.cross_entropy(model(**model_inputs({"pixel_values": batch_pixels}, spec)).float(), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if training.grad_clip_norm is not None:
@@ -240,6 +241,7 @@ def ray_fit(cfg: AppConfig, run: Run, reader: SplitReader, spec: ImageSpec) -> d
         train_rows=summary["splits"]["train"]["count"],
         seed=cfg.seed,
         history=run.train.history_files(),
+        input_spec=spec,
     )
     started = time.perf_counter()
     with ReportWatcher(run.train.metrics, started) as watcher:
@@ -415,10 +417,10 @@ def run_benchmark(args: argparse.Namespace, storage: Path) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     log(f"plain loop: {len(labels)} rows, {cfg.training.epochs} epochs, {args.threads} thread(s)")
-    plain_before = plain_fit(cfg, pixels, labels, num_labels, "before ray")
+    plain_before = plain_fit(cfg, pixels, labels, num_labels, "before ray", spec)
     log(f"ray loop: {cfg.scaling.num_workers} worker(s) x {cfg.scaling.cpus_per_worker} CPU")
     ray_run = ray_fit(cfg, run, reader, spec)
-    plain_after = plain_fit(cfg, pixels, labels, num_labels, "after ray")
+    plain_after = plain_fit(cfg, pixels, labels, num_labels, "after ray", spec)
     return build_report(cfg, args, [plain_before, plain_after], ray_run, machine)
 
 

@@ -6,12 +6,20 @@
   the padding up to `max_length` counted apart (the model computes on it all the same);
   for images, the patches (tokens) of a patch-based backbone;
 - parameters, total and trainable (PEFT trains a few);
-- forward and backward FLOPs, counted by `torch.utils.flop_counter` on the real model
-  (one batch, scaled by the rows: every count is linear in the batch) — matrix
+- forward and backward FLOPs, counted by `torch.utils.flop_counter` on the model's
+  architecture built on the meta device (no weights, no compute: free whatever its
+  size; one batch, scaled by the rows: every count is linear in the batch) — matrix
   products, convolutions and attention, the operations that dominate;
-- the epoch's training time, from a micro-benchmark of a few real training steps of
-  the real model on this machine (optimizer and gradient clipping included), with the
-  threads a worker gets.
+- the epoch's training time, where the run trains:
+  - a CPU config: a micro-benchmark of a few real training steps of the real model on
+    this machine (optimizer and gradient clipping included) with the threads a worker
+    gets, bounded to `budget.max_probe_seconds` — a model too large for that is timed
+    on a smaller batch and the step extrapolated by the batch ratio;
+  - a GPU config on a machine with a GPU: the same steps on it, at the training
+    precision;
+  - a GPU config on a machine without one: estimated from the FLOP count (on the
+    meta device: no weights, no compute) at `budget.gpu_tflops`, and said so. Nothing
+    ever times a GPU model on a CPU.
 
 The result is cached by a fingerprint of the data files (paths, sizes, modification
 times; the library version for the digits that ship with scikit-learn), the config
@@ -38,7 +46,7 @@ from ray_app.config import SPLIT_NAMES, AppConfig, SourceConfig, is_local_path
 if TYPE_CHECKING:
     from ray_app.splits import SplitReader
 
-BUDGET_FORMAT_VERSION = 1
+BUDGET_FORMAT_VERSION = 2  # 2: steps timed where the run trains, bounded on CPUs
 FLOP_BATCH = 2  # samples in the counted batch: FLOPs are linear in it
 
 
@@ -91,7 +99,9 @@ def budget_inputs(cfg: AppConfig) -> dict[str, Any]:
             "ema": training.ema.enabled,
         },
         "scaling": cfg.scaling.model_dump(mode="json", include={"num_workers", "use_gpu", "cpus_per_worker"}),
-        "benchmark": cfg.budget.model_dump(mode="json", include={"benchmark_steps", "warmup_steps"}),
+        "benchmark": cfg.budget.model_dump(mode="json", include={"benchmark_steps", "warmup_steps", "max_probe_seconds",
+                                                                 "gpu_tflops"}),
+        "precision": training.precision,
         "machine": {"host": platform.node(), "cpus": os.cpu_count(), "torch": version("torch")},
     }
 
@@ -181,24 +191,42 @@ def _cpu_attention_formulas() -> dict[Any, Any]:
     }
 
 
-def build_model(cfg: AppConfig, num_labels: int) -> Any:
-    """The classifier exactly as a worker trains it (adapters on for PEFT, the
-    backbone frozen for a linear probe). Weights do not matter here: model.init_from
-    changes the values, not the cost."""
+def timing(cfg: AppConfig) -> str:
+    """How the epoch is timed: "cpu" or "cuda" (measured here), or "estimated" (a GPU
+    config on a machine without a GPU)."""
+    if not cfg.scaling.use_gpu:
+        return "cpu"
     import torch
 
-    from trainers.adapters import PeftSetup
+    return "cuda" if torch.cuda.is_available() else "estimated"
+
+
+def build_model(cfg: AppConfig, num_labels: int, on_meta: bool = False) -> Any:
+    """The classifier exactly as a worker trains it (adapters on for PEFT, the
+    backbone frozen for a linear probe). Weights do not matter here: model.init_from
+    changes the values, not the cost. `on_meta`: the architecture alone on the meta
+    device, for counting without memory or compute."""
+    import torch
+
+    from trainers.adapters import PeftSetup, apply_adapters
     from trainers.model import build_classifier
 
+    peft = cfg.training.peft if cfg.training.mode == "peft" else None
+    if on_meta:
+        with torch.device("meta"):
+            classifier = build_classifier(cfg.model, num_labels, weights=False)
+            if peft is not None:
+                apply_adapters(classifier, peft)
+        return classifier
     torch.manual_seed(cfg.seed)
-    if cfg.training.mode == "peft" and cfg.training.peft is not None:
-        return PeftSetup(model=cfg.model, peft=cfg.training.peft, num_labels=num_labels, seed=cfg.seed).build()
+    if peft is not None:
+        return PeftSetup(model=cfg.model, peft=peft, num_labels=num_labels, seed=cfg.seed).build()
     return build_classifier(cfg.model, num_labels)
 
 
-def synthetic_batch(cfg: AppConfig, batch_size: int, num_labels: int) -> dict[str, Any]:
-    """Inputs of the shape training feeds: the cost depends on shapes, not values.
-    Text is all real tokens (attention mask 1): padded positions cost the same."""
+def synthetic_batch(cfg: AppConfig, batch_size: int, num_labels: int, device: str = "cpu") -> dict[str, Any]:
+    """Inputs of the shape training feeds, on `device`: the cost depends on shapes, not
+    values. Text is all real tokens (attention mask 1): padded positions cost the same."""
     import torch
 
     from trainers.model import backbone_config
@@ -209,11 +237,16 @@ def synthetic_batch(cfg: AppConfig, batch_size: int, num_labels: int) -> dict[st
     if cfg.data.source.modality == "image":
         spec = resolve_image_spec(cfg.model)
         pixels = torch.randn(batch_size, spec.num_channels, spec.image_size, spec.image_size, generator=generator)
-        return {"pixel_values": pixels, "labels": labels}
+        return {k: v.to(device) for k, v in {"pixel_values": pixels, "labels": labels}.items()}
     length = cfg.model.preprocessing.max_length
     vocab = int(getattr(backbone_config(cfg.model.backbone), "vocab_size", 1000))
     ids = torch.randint(0, vocab, (batch_size, length), generator=generator)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    if device == "meta":
+        # A mask of all ones changes no FLOP, and transformers inspects a mask's values,
+        # which meta tensors do not have.
+        del batch["attention_mask"]
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _inputs(batch: dict[str, Any]) -> dict[str, Any]:
@@ -244,43 +277,98 @@ def model_flops(model: Any, batch: dict[str, Any]) -> dict[str, float]:
     return {"forward": forward / size, "backward": backward / size, "inference": inference / size}
 
 
-def benchmark_steps(model: Any, batch: dict[str, Any], cfg: AppConfig) -> dict[str, Any]:
-    """Seconds per training step of the real loop's work (forward, loss, backward,
-    gradient clipping, AdamW step) on one batch of the configured size, with as many
-    threads as a worker's CPUs: warm-up steps first, then the median of the timed ones."""
+def _step_timer(model: Any, cfg: AppConfig, num_labels: int, device: str) -> Any:
+    """A function timing one real training step (forward, loss, backward, gradient
+    clipping, AdamW step) at a given batch size on `device`, at the training precision."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
-    from trainers.train_loop import param_groups
+    from trainers.train_loop import autocast_dtype, param_groups
+
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.training.weight_decay), lr=cfg.training.lr)
+    dtype = autocast_dtype(cfg.training.precision, torch.device(device))
+    batches: dict[int, dict[str, Any]] = {}
+
+    def step(batch_size: int) -> float:
+        batch = batches.setdefault(batch_size, synthetic_batch(cfg, batch_size, num_labels, device))
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        with torch.autocast(device, dtype=dtype) if dtype else contextlib.nullcontext():
+            loss = F.cross_entropy(model(**_inputs(batch)).float(), batch["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.training.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip_norm)
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    return step
+
+
+def benchmark_steps(model: Any, cfg: AppConfig, num_labels: int, device: str = "cpu") -> dict[str, Any]:
+    """Seconds per training step of the real loop's work on the configured batch, with
+    as many threads as a worker's CPUs: warm-up steps first, then the median of the
+    timed ones. On a CPU the whole benchmark is bounded by `budget.max_probe_seconds`:
+    a step on one sample says what a sample costs; when the configured batch would not
+    fit the bound, the steps run on the largest batch that does (as many as fit) and
+    the median is scaled by the batch ratio (per-sample cost is what grows with it)."""
+    import torch
 
     threads = max(1, int(cfg.scaling.cpus_per_worker))
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    budget, batch = cfg.budget, cfg.training.batch_size
     try:
-        model.train()
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.training.weight_decay), lr=cfg.training.lr)
-        inputs, labels = _inputs(batch), batch["labels"]
-        timings = []
-        for step in range(cfg.budget.warmup_steps + cfg.budget.benchmark_steps):
-            started = time.perf_counter()
-            loss = F.cross_entropy(model(**inputs), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.training.grad_clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip_norm)
-            optimizer.step()
-            if step >= cfg.budget.warmup_steps:
-                timings.append(time.perf_counter() - started)
+        step = _step_timer(model, cfg, num_labels, device)
+        timed_batch, warmup, steps, timings = batch, budget.warmup_steps, budget.benchmark_steps, []
+        if device == "cpu" and batch > 1:
+            timings = [step(1), step(1)][1:]  # the first warms up; the second is one sample's cost
+            fits = int(budget.max_probe_seconds / (max(timings[0], 1e-9) * (warmup + steps)))
+            if fits < batch:
+                # Too slow for the configured batch: time the largest batch that fits, or
+                # stop at the probe itself when not even one sample does.
+                timed_batch = max(1, fits)
+                warmup = 0 if fits == 0 else warmup
+                steps = 1 if fits == 0 else steps
+            else:
+                timings = []
+        for _ in range(warmup):
+            step(timed_batch)
+        timings = timings or [step(timed_batch) for _ in range(steps)]
     finally:
         torch.set_num_threads(previous)
+    scale = batch / timed_batch
     return {
-        "device": "cpu",
+        "device": device,
+        "method": "measured" if timed_batch == batch else f"measured on batch {timed_batch}, scaled to {batch}",
         "threads": threads,
-        "batch_size": len(labels),
-        "warmup_steps": cfg.budget.warmup_steps,
-        "steps": cfg.budget.benchmark_steps,
+        "batch_size": timed_batch,
+        "warmup_steps": warmup,
+        "steps": len(timings),
         "step_seconds": [round(t, 5) for t in timings],
-        "step_seconds_median": statistics.median(timings),
+        "step_seconds_median": statistics.median(timings) * scale,
+    }
+
+
+def estimated_steps(per_sample: dict[str, float], cfg: AppConfig) -> dict[str, Any]:
+    """A GPU config sized on a machine without a GPU: a step's training FLOPs at the
+    stated sustained rate of one GPU (`budget.gpu_tflops`)."""
+    step_flops = (per_sample["forward"] + per_sample["backward"]) * cfg.training.batch_size
+    return {
+        "device": "cuda",
+        "method": f"estimated from FLOPs at {cfg.budget.gpu_tflops:g} TFLOP/s per GPU (no GPU on this machine)",
+        "threads": 0,
+        "batch_size": cfg.training.batch_size,
+        "warmup_steps": 0,
+        "steps": 0,
+        "step_seconds": [],
+        "step_seconds_median": step_flops / (cfg.budget.gpu_tflops * 1e12),
     }
 
 
@@ -315,11 +403,13 @@ def estimate_budget(cfg: AppConfig, reader: SplitReader | None = None) -> dict[s
     counts, texts, label_names = _split_texts_and_counts(cfg, reader)
     inputs = _input_sizes(cfg, counts, texts)
     num_labels = len(label_names)
-    model = build_model(cfg, num_labels)
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    per_sample = model_flops(model, synthetic_batch(cfg, FLOP_BATCH, num_labels))
-    bench = benchmark_steps(model, synthetic_batch(cfg, cfg.training.batch_size, num_labels), cfg)
+    method = timing(cfg)
+    architecture = build_model(cfg, num_labels, on_meta=True)  # counted without memory or compute
+    total = sum(p.numel() for p in architecture.parameters())
+    trainable = sum(p.numel() for p in architecture.parameters() if p.requires_grad)
+    per_sample = model_flops(architecture, synthetic_batch(cfg, FLOP_BATCH, num_labels, "meta"))
+    bench = (estimated_steps(per_sample, cfg) if method == "estimated"
+             else benchmark_steps(build_model(cfg, num_labels), cfg, num_labels, method))
     world = cfg.scaling.num_workers
     steps_per_epoch = max(1, math.ceil(math.ceil(counts["train"] / world) / cfg.training.batch_size))
     train_forward = per_sample["forward"] * counts["train"]
@@ -336,7 +426,8 @@ def estimate_budget(cfg: AppConfig, reader: SplitReader | None = None) -> dict[s
         "parameters": {"total": total, "trainable": trainable, "trainable_share": trainable / max(total, 1),
                        "mode": cfg.training.mode},
         "flops": {
-            "method": "torch.utils.flop_counter on the real model (matrix products, convolutions, attention)",
+            "method": "torch.utils.flop_counter on the model's architecture (meta device: no weights, no "
+            "compute): matrix products, convolutions, attention",
             "forward_per_sample": per_sample["forward"],
             "backward_per_sample": per_sample["backward"],
             "inference_per_sample": per_sample["inference"],
@@ -393,6 +484,15 @@ def _si(value: float) -> str:
     return f"{value:.0f} "
 
 
+def _step_line(bench: dict[str, Any]) -> str:
+    median = f"{bench['step_seconds_median'] * 1000:.1f} ms/step"
+    if not bench["steps"]:
+        return f"{median}, {bench.get('method', 'estimated')}"
+    where = f"{bench['threads']} CPU thread(s)" if bench["device"] == "cpu" else "a GPU"
+    how = bench.get("method", "measured")
+    return f"{median} ({how}: {bench['steps']} steps of batch {bench['batch_size']} on {where})"
+
+
 def budget_lines(budget: dict[str, Any]) -> list[str]:
     """The budget as a readable table."""
     rows = budget["data"]["rows"]
@@ -418,8 +518,7 @@ def budget_lines(budget: dict[str, Any]) -> list[str]:
         f"  {'FLOPs per epoch':<26} train forward {_si(flops['train_forward_per_epoch'])}FLOP + backward "
         f"{_si(flops['train_backward_per_epoch'])}FLOP + val_select {_si(flops['validation_per_epoch'])}FLOP "
         f"= {_si(flops['per_epoch'])}FLOP",
-        f"  {'micro-benchmark':<26} {bench['steps']} steps of batch {bench['batch_size']} on {bench['threads']} "
-        f"{bench['device']} thread(s): median {bench['step_seconds_median'] * 1000:.1f} ms/step",
+        f"  {'step time':<26} {_step_line(bench)}",
         f"  {'estimated epoch':<26} {estimate['epoch_train_seconds']:.2f} s ({estimate['steps_per_epoch']} steps "
         f"per worker x {estimate['workers']} worker(s)); {estimate['epochs']} epochs "
         f"~ {estimate['train_seconds_all_epochs']:.1f} s of training steps",

@@ -211,6 +211,20 @@ class BudgetConfig(StrictModel):
         le=50,
         description="Steps run before the timed ones (allocations, kernel choice), not timed.",
     )
+    max_probe_seconds: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="Longest the CPU micro-benchmark may take: a model whose steps would "
+        "take longer is timed on a batch of 4 and the step time scaled to the batch size, "
+        "so sizing a run never stalls it.",
+    )
+    gpu_tflops: float = Field(
+        default=300.0,
+        gt=0.0,
+        description="Sustained TFLOP/s of one GPU, for the epoch time of a GPU config sized "
+        "on a machine without a GPU (estimated from the FLOP count, and said so). An H200's "
+        "dense bf16 peak is about 790 TFLOP/s; training steps sustain roughly 30-50% of it.",
+    )
     cache_dir: str | None = Field(
         default=None,
         description="Where budgets are cached (default <storage.root>/.cache/budget): "

@@ -253,9 +253,26 @@ class TrainingConfig(StrictModel):
     cache_train_shard_mb: int = Field(
         default=2048,
         ge=0,
-        description="After its first streamed epoch, a worker keeps its train shard in "
-        "memory when it is at most this many MiB and reshuffles it each epoch (no per-epoch "
-        "Ray Data restart, no per-batch conversion). 0 always streams from Ray Data.",
+        description="After its first streamed epoch, a worker keeps its train shard (and "
+        "its share of val_select) where the model runs (GPU memory on a GPU) when each is "
+        "at most this many MiB, and reshuffles the shard each epoch: no per-epoch Ray Data "
+        "restart, no per-batch conversion or copy. 0 always streams from Ray Data.",
+    )
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the model in each worker: faster steps on a GPU once it "
+        "is compiled (the first steps take a minute or more); rarely worth it on CPUs.",
+    )
+    fused_optimizer: bool = Field(
+        default=True,
+        description="AdamW's fused CUDA kernel (one launch for every parameter) on GPUs; "
+        "CPUs use the default implementation either way.",
+    )
+    tf32: bool = Field(
+        default=True,
+        description="TensorFloat-32 for the float32 matrix products on GPUs that have it "
+        "(Ampere and later): the fp32 parts of a bf16 run, or an fp32 run, several times "
+        "faster at ~10-bit mantissa precision. No effect on CPUs.",
     )
 
     @model_validator(mode="before")

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
-from safetensors import safe_open
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from trainers.config import DEFAULT_VIEW_CROP_FRACTION, BackboneConfig, ModelConfig
@@ -23,12 +23,13 @@ CLASSIFIER_FILE = "classifier.json"
 BACKBONE_CONFIG_DIR = "backbone"
 
 
-def build_backbone(backbone: BackboneConfig) -> PreTrainedModel:
-    """The backbone a run trains, built by its family (trainers/families.py) from the
+def build_backbone(backbone: BackboneConfig, weights: bool = True) -> PreTrainedModel:
+    """The backbone a run trains, built by its family (trainers/families) from the
     parameters the config's backbone section stands for: one path from family
-    parameters to the module that trains."""
+    parameters to the module that trains. `weights=False`: the architecture alone (a
+    pretrained directory's weights are not read)."""
     family, params = family_and_params(backbone)
-    return drop_pooler(family.create_model(params))
+    return drop_pooler(family.create_model(params, weights=weights))
 
 
 def backbone_config(backbone: BackboneConfig) -> PretrainedConfig:
@@ -133,9 +134,11 @@ class Classifier(nn.Module):
         return torch.stack(logits_per_view).mean(dim=0), torch.stack(features_per_view).mean(dim=0)
 
 
-def build_classifier(model_cfg: ModelConfig, num_labels: int) -> Classifier:
+def build_classifier(model_cfg: ModelConfig, num_labels: int, weights: bool = True) -> Classifier:
+    """The classifier the config describes; `weights=False` for its architecture alone
+    (built under `torch.device("meta")`, to count parameters and FLOPs for free)."""
     classifier = Classifier(
-        build_backbone(model_cfg.backbone),
+        build_backbone(model_cfg.backbone, weights),
         num_labels=num_labels,
         head=model_cfg.head,
         head_hidden_dim=model_cfg.head_hidden_dim,

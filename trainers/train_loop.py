@@ -27,7 +27,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from trainers.checkpoint import load_checkpoint, read_state, save_checkpoint
 from trainers.config import ModelConfig, ScalingConfig, TrainingConfig
 from trainers.history import HistoryFiles, ProgressFile, write_metrics_history
 from trainers.model import Classifier, InitBackbone, build_initial_classifier
-from trainers.preprocess import LABEL_KEY, model_inputs
+from trainers.preprocess import LABEL_KEY, ImageSpec, TextSpec, model_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,9 @@ class LoopParams:
     train_rows: int
     seed: int
     history: HistoryFiles
+    # How split rows became model inputs: uint8 images are normalised with it on the
+    # worker's device (trainers.preprocess.model_inputs).
+    input_spec: ImageSpec | TextSpec | None = None
     # model.init_from resolved on the driver: the saved model whose backbone weights
     # replace the freshly built backbone before training (and before adapters).
     init_backbone: InitBackbone | None = None
@@ -133,14 +136,27 @@ def describe_trainable(model: torch.nn.Module) -> str:
     return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)"
 
 
+def stream_batches(dataset: Any, batch_size: int, device: torch.device, **options: Any) -> Iterable[dict[str, Any]]:
+    """Batches of a Ray Dataset (or shard) on `device`. On a GPU, Ray Data copies from
+    pinned memory while the previous batches compute (two batches prefetched)."""
+    on_gpu = device.type == "cuda"
+    return dataset.iter_torch_batches(batch_size=batch_size, device=device, pin_memory=on_gpu,
+                                      prefetch_batches=2 if on_gpu else 1, **options)
+
+
+def _nbytes(batch: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in batch.values())
+
+
 class TrainShardCache:
     """This worker's train shard, kept after one streamed pass when it fits.
 
     Ray Data restarts its streaming split every epoch and converts every batch; for a
     shard that fits in memory that is pure overhead (bench/train_overhead.py measured
-    it). The first epoch streams from Ray Data and keeps the CPU batches; later epochs
-    draw batches from a seeded permutation of the kept rows. Over the byte limit, the
-    cache is dropped and every epoch streams. A restarted worker starts empty."""
+    it). The first epoch streams from Ray Data and keeps the batches where they arrived
+    (on a GPU, in GPU memory: later epochs copy nothing); later epochs draw batches from
+    a seeded permutation of the kept rows. Over the byte limit, the cache is dropped and
+    every epoch streams. A restarted worker starts empty."""
 
     def __init__(self, limit_mb: int) -> None:
         self.limit_bytes = limit_mb * 2**20
@@ -153,21 +169,46 @@ class TrainShardCache:
             count = len(self.rows[LABEL_KEY])
             order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
             for start in range(0, count, batch_size):
-                index = order[start : start + batch_size]
+                index = order[start : start + batch_size].to(self.rows[LABEL_KEY].device)
                 yield {k: v[index].to(device) for k, v in self.rows.items()}
             return
         keep = self.limit_bytes > 0
-        for batch in shard.iter_torch_batches(
-            batch_size=batch_size, local_shuffle_buffer_size=max(256, 4 * batch_size), local_shuffle_seed=seed
-        ):
+        for batch in stream_batches(shard, batch_size, device, local_shuffle_buffer_size=max(256, 4 * batch_size),
+                                    local_shuffle_seed=seed):
             if keep:
                 self.parts.append(batch)
-                self.size_bytes += sum(t.numel() * t.element_size() for t in batch.values())
+                self.size_bytes += _nbytes(batch)
                 keep = self.size_bytes <= self.limit_bytes
             yield {k: v.to(device) for k, v in batch.items()}
         if keep and self.parts:
             self.rows = {k: torch.cat([p[k] for p in self.parts]) for k in self.parts[0]}
         self.parts = []
+
+
+class ValidationCache:
+    """This rank's share of val_select (every world-th batch), preprocessed once: kept
+    after the first validation when it fits in `limit_mb`, where the batches arrived."""
+
+    def __init__(self, limit_mb: int) -> None:
+        self.limit_bytes = limit_mb * 2**20
+        self.kept: list[dict[str, torch.Tensor]] | None = None
+
+    def batches(self, dataset: Any, batch_size: int, device: torch.device, rank: int = 0,
+                world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+        if self.kept is not None:
+            yield from ({k: v.to(device) for k, v in batch.items()} for batch in self.kept)
+            return
+        parts: list[dict[str, torch.Tensor]] | None = [] if self.limit_bytes > 0 else None
+        size = 0
+        for index, batch in enumerate(stream_batches(dataset, batch_size, device)):
+            if index % world != rank:
+                continue
+            if parts is not None:
+                parts.append(batch)
+                size += _nbytes(batch)
+                parts = parts if size <= self.limit_bytes else None
+            yield batch
+        self.kept = parts
 
 
 # --- worker side --------------------------------------------------------------------
@@ -193,6 +234,7 @@ class Worker:
     train_shard: Any
     train_cache: TrainShardCache
     val_select: Any
+    val_cache: ValidationCache
     progress: ProgressFile | None  # rank 0 only
 
     @property
@@ -204,6 +246,17 @@ class Worker:
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
 
 
+def speed_options(training: TrainingConfig, device: torch.device) -> dict[str, Any]:
+    """The GPU speed options in force on `device` (all off on a CPU): TF32 matmuls, the
+    fused AdamW kernel, torch.compile. Sets TF32 for this process as a side effect."""
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        torch.backends.cuda.matmul.allow_tf32 = training.tf32
+        torch.backends.cudnn.allow_tf32 = training.tf32
+    return {"tf32": on_gpu and training.tf32, "fused_optimizer": on_gpu and training.fused_optimizer,
+            "compile": training.compile}
+
+
 def setup_worker(params: LoopParams) -> Worker:
     """The classifier (same seed on every rank, adapters in PEFT mode), DDP, AdamW with
     warmup + cosine, EMA, and the loop state — restored from the latest checkpoint
@@ -213,15 +266,19 @@ def setup_worker(params: LoopParams) -> Worker:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     dtype = autocast_dtype(training.precision, device)
+    options = speed_options(training, device)
     torch.manual_seed(params.seed)  # identical initial weights on every rank
     peft_setup = params.peft_setup()
     model = peft_setup.build() if peft_setup is not None else build_initial_classifier(
         params.model, params.num_labels, params.init_backbone
     )
     if rank == 0:
-        logger.info(describe_trainable(model))
+        logger.info(f"{describe_trainable(model)} on {device}; {options}")
     ddp_model = ray.train.torch.prepare_model(model)  # moves to device; DDP when world > 1
-    optimizer = torch.optim.AdamW(param_groups(model, training.weight_decay), lr=training.lr)
+    if options["compile"]:
+        ddp_model = torch.compile(ddp_model)
+    optimizer = torch.optim.AdamW(param_groups(model, training.weight_decay), lr=training.lr,
+                                  fused=options["fused_optimizer"] or None)
     steps = params.steps_per_epoch(world)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(training.warmup_ratio * steps * training.epochs),
                                                 steps * training.epochs)
@@ -240,6 +297,7 @@ def setup_worker(params: LoopParams) -> Worker:
         scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16), peft_setup=peft_setup,
         state=state, train_shard=ray.train.get_dataset_shard("train"),
         train_cache=TrainShardCache(training.cache_train_shard_mb), val_select=ray.train.get_dataset_shard("val_select"),
+        val_cache=ValidationCache(training.cache_train_shard_mb),
         progress=ProgressFile(Path(params.history.progress), training.epochs, steps) if rank == 0 else None,
     )
 
@@ -258,7 +316,7 @@ def train_epoch(worker: Worker, epoch: int) -> dict[str, float]:
     for step, batch in enumerate(batches, start=1):
         target = batch[LABEL_KEY]
         with worker.autocast():
-            loss = F.cross_entropy(worker.ddp_model(**model_inputs(batch)).float(), target)
+            loss = F.cross_entropy(worker.ddp_model(**model_inputs(batch, worker.params.input_spec)).float(), target)
         worker.optimizer.zero_grad(set_to_none=True)
         worker.scaler.scale(loss).backward()
         if training.grad_clip_norm is not None:
@@ -281,20 +339,17 @@ def train_epoch(worker: Worker, epoch: int) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, dataset: Any, batch_size: int, device: torch.device, dtype: torch.dtype | None,
-    rank: int = 0, world: int = 1,
+    model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]], device: torch.device,
+    dtype: torch.dtype | None, world: int = 1, spec: ImageSpec | TextSpec | None = None,
 ) -> dict[str, float]:
-    """Loss, accuracy and macro-F1 of `model` on a Ray Dataset of preprocessed rows.
-    With several ranks, each reads the whole (small) split but runs the model on every
-    world-th batch only; predictions are gathered so each rank computes the same exact
-    metrics as a single process would."""
+    """Loss, accuracy and macro-F1 of `model` on batches of preprocessed rows (this
+    rank's share: `ValidationCache.batches`). With several ranks, predictions are
+    gathered so each rank computes the same exact metrics as a single process would."""
     model.eval()
     labels, preds, losses = [], [], []
-    for index, batch in enumerate(dataset.iter_torch_batches(batch_size=batch_size, device=device)):
-        if index % world != rank:
-            continue
+    for batch in batches:
         with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
-            logits = model(**model_inputs(batch)).float()
+            logits = model(**model_inputs(batch, spec)).float()
         target = batch[LABEL_KEY]
         losses.append(F.cross_entropy(logits, target, reduction="none").cpu().numpy())
         preds.append(logits.argmax(dim=1).cpu().numpy())
@@ -314,9 +369,10 @@ def evaluate(
 
 def validate(worker: Worker) -> dict[str, float]:
     """val_select metrics of the weights that would be selected (the EMA copy when EMA
-    is on), the same on every rank."""
-    return evaluate(worker.eval_model, worker.val_select, worker.params.training.eval_batch_size, worker.device,
-                    worker.dtype, worker.rank, worker.world)
+    is on), the same on every rank; val_select is preprocessed and copied once."""
+    batches = worker.val_cache.batches(worker.val_select, worker.params.training.eval_batch_size, worker.device,
+                                       worker.rank, worker.world)
+    return evaluate(worker.eval_model, batches, worker.device, worker.dtype, worker.world, worker.params.input_spec)
 
 
 def epoch_row(worker: Worker, epoch: int, trained: dict[str, float], val: dict[str, float]) -> dict[str, Any]:

@@ -120,20 +120,23 @@ def deploy(configs: list[ServeConfig], dashboard_url: str, timeout_s: float = 18
 
 
 def start_serving(config: ServeConfig) -> str:
-    """Start (or join) Ray and Serve and deploy the bundle; returns the base URL."""
+    """Start (or join) Ray and Serve and deploy the bundle; returns the base URL. A Ray
+    already running in this process is used as it is."""
     import ray
     from ray import serve
 
     address = os.environ.get("RAY_ADDRESS")
     if not address:
         check_port_free(config.host, config.port)
-    if address:
-        context = ray.init(address=address)
+    if ray.is_initialized():
+        dashboard_url = ray._private.worker.get_dashboard_url()
+    elif address:
+        dashboard_url = ray.init(address=address).dashboard_url
     else:
         with serve_environment():
-            context = ray.init(address="local")
+            dashboard_url = ray.init(address="local").dashboard_url
     serve.start(http_options={"host": config.host, "port": config.port})
-    deploy([config], f"http://{context.dashboard_url}")
+    deploy([config], f"http://{dashboard_url}")
     host = f"[{config.host}]" if ":" in config.host else config.host
     return f"http://{host}:{config.port}{config.route_prefix.rstrip('/')}"
 

@@ -22,6 +22,7 @@ from ray_app.splits import SplitReader
 if TYPE_CHECKING:
     from trainers.adapters import AdapterPlan
     from trainers.model import InitBackbone
+    from trainers.predict import InferenceDevice
     from trainers.preprocess import ImageSpec, TextSpec
 
 
@@ -98,6 +99,17 @@ class StageContext:
                 "model.backbone must match the source run's architecture"
             )
         return model_dir.resolve()
+
+    @cached_property
+    def inference_device(self) -> InferenceDevice:
+        """Where the run's logits pass runs: as it trains (a GPU per actor, one actor per
+        worker, at the training precision, with `scaling.use_gpu`), else one CPU actor."""
+        from trainers.predict import InferenceDevice
+
+        scaling = self.cfg.scaling
+        if not scaling.use_gpu:
+            return InferenceDevice()
+        return InferenceDevice(num_gpus=1.0, precision=self.cfg.training.precision, actors=scaling.num_workers)
 
     @cached_property
     def peft_plan(self) -> AdapterPlan | None:

@@ -30,7 +30,7 @@ from ray_app.stages.context import StageContext
 from trainers.checkpoint import selected_model
 from trainers.model import WEIGHTS_FILE, build_classifier, file_sha256, save_classifier
 from trainers.predict import predict_outputs
-from trainers.preprocess import preprocess_dataset
+from trainers.preprocess import ImageSpec, preprocess_dataset
 from trainers.train_loop import EpochStart, FitResult, LoopParams, fit_classifier
 
 logger = logging.getLogger(__name__)
@@ -43,11 +43,37 @@ def run(ctx: StageContext) -> dict[str, Any]:
     return run_training(ctx, record_budget=True)
 
 
+# Materialised training data may fill at most this share of the object store; more
+# streams instead, as Ray's guidance for data larger than memory says.
+MATERIALIZE_SHARE = 0.5
+
+
+def data_placement(ctx: StageContext) -> dict[str, Any]:
+    """Whether train and val_select are preprocessed once and kept in the object store
+    (every epoch then iterates ready batches) or streamed from their files every epoch
+    (when they would not fit): the preprocessed size, estimated from the row counts and
+    the input spec, against the object store's memory."""
+    import ray
+
+    summary = ctx.splits.summary()
+    rows = sum(summary["splits"][s]["count"] for s in TRAINING_SPLITS)
+    spec = ctx.input_spec
+    per_row = (spec.num_channels * spec.image_size ** 2 if isinstance(spec, ImageSpec) else spec.max_length * 16) + 8
+    store = float(ray.cluster_resources().get("object_store_memory", 0.0))
+    estimated = rows * per_row
+    return {"rows": rows, "estimated_mb": round(estimated / 2**20, 2), "object_store_mb": round(store / 2**20, 1),
+            "materialized": estimated <= MATERIALIZE_SHARE * store}
+
+
 def prepare_training_data(ctx: StageContext) -> dict[str, ray.data.Dataset]:
-    """train and val_select preprocessed once and kept in the object store: every epoch
-    then iterates ready batches instead of re-reading and re-decoding the split."""
-    return {s: preprocess_dataset(ctx.splits.read(s, TRAIN.name), ctx.input_spec).materialize()
-            for s in TRAINING_SPLITS}
+    """train and val_select preprocessed once (uint8 images) and kept in the object store
+    when they fit (`data_placement`), else streamed and preprocessed every epoch."""
+    placement = data_placement(ctx)
+    logger.info(f"training data: {placement['rows']:,} rows, ~{placement['estimated_mb']:,} MiB preprocessed, "
+                f"object store {placement['object_store_mb']:,} MiB: "
+                + ("preprocessed once and kept" if placement["materialized"] else "streamed every epoch"))
+    datasets = {s: preprocess_dataset(ctx.splits.read(s, TRAIN.name), ctx.input_spec) for s in TRAINING_SPLITS}
+    return {s: d.materialize() for s, d in datasets.items()} if placement["materialized"] else datasets
 
 
 def run_training(
@@ -73,7 +99,10 @@ def run_training(
         # A new training never resumes an older one's checkpoints.
         shutil.rmtree(run.train.root, ignore_errors=True)
         budget = _record_budget(ctx, details) if record_budget else None
-        fit = _fit(ctx, prepared or prepare_training_data(ctx), callbacks, before_epoch, details)
+        if prepared is None:
+            details["data"] = data_placement(ctx)
+            prepared = prepare_training_data(ctx)
+        fit = _fit(ctx, prepared, callbacks, before_epoch, details)
         model_dir = _save_selected(ctx, fit, details.get("init_from"))
         outputs = _export_predictions(ctx, model_dir)
         best_row = next(r for r in fit.history if r["epoch"] == fit.best_epoch)
@@ -119,7 +148,7 @@ def _fit(
     params = LoopParams(
         model=cfg.model, training=cfg.training, num_labels=len(summary["label_names"]),
         train_rows=summary["splits"]["train"]["count"], seed=cfg.seed, history=run.train.history_files(),
-        init_backbone=init, before_epoch=before_epoch,
+        input_spec=ctx.input_spec, init_backbone=init, before_epoch=before_epoch,
     )
     return fit_classifier(params, datasets, cfg.scaling, run.train.ray_storage, run.name, callbacks=callbacks)
 
@@ -142,6 +171,7 @@ def _export_predictions(ctx: StageContext, model_dir: Path) -> dict[str, dict[st
     outputs = predict_outputs(
         {s: ctx.splits.read(s, "predict") for s in PREDICTED_SPLITS},
         ctx.input_spec, model_dir, ctx.cfg.training.eval_batch_size, features=True, keep=("content_hash", "ref"),
+        where=ctx.inference_device,
     )
     calib = ctx.run.train.predictions("val_calib")
     calib.parent.mkdir(parents=True, exist_ok=True)

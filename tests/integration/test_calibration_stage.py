@@ -116,7 +116,7 @@ def test_bundle_round_trip_matches_the_run_under_the_policy(calibrated) -> None:
 
     from calibration.policy import Policy as PolicyModel
     from serve.bundle import load_bundle
-    from trainers.preprocess import preprocess_image_batch
+    from trainers.preprocess import model_inputs, preprocess_image_batch
 
     cfg, run, metrics = calibrated
     info = EXPORT.run(StageContext(cfg, run))
@@ -124,11 +124,13 @@ def test_bundle_round_trip_matches_the_run_under_the_policy(calibrated) -> None:
     assert bundle.policy == PolicyModel.model_validate_json((run.root / "calibration" / "policy.json").read_text())
     assert bundle.manifest["splits_fingerprint"] == json.loads((run.splits_dir / "splits.json").read_text())["source_fingerprint"]
     table = pq.read_table(run.splits_dir / "val_test").to_pydict()
+    spec = StageContext.for_config(cfg).input_spec
     batch = preprocess_image_batch(
-        {"image": np.array(table["image"], dtype=object), "label_id": np.array(table["label_id"])}, StageContext.for_config(cfg).input_spec
+        {"image": np.array(table["image"], dtype=object), "label_id": np.array(table["label_id"])}, spec
     )
     with torch.no_grad():
-        bundle_logits = bundle.model(pixel_values=torch.as_tensor(batch["pixel_values"])).numpy()
+        bundle_logits = bundle.model(**model_inputs({"pixel_values": torch.as_tensor(batch["pixel_values"])}, spec))
+    bundle_logits = bundle_logits.numpy()
     run_logits, run_labels = load_predictions(run, "val_test", "evaluate")
     order_bundle = np.lexsort((bundle_logits[:, 0], batch["labels"]))
     order_run = np.lexsort((run_logits[:, 0], run_labels))

@@ -18,7 +18,7 @@ from tests.helpers.configs import smoke_config, trained
 from tests.helpers.faults import KillWorkersAt
 from trainers.history import HistoryFiles
 from trainers.model import build_classifier, load_classifier
-from trainers.preprocess import preprocess_image_batch
+from trainers.preprocess import model_inputs, preprocess_image_batch
 from trainers.train_loop import LoopParams, fit_classifier
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -71,12 +71,12 @@ def test_smoke_run_logits_come_from_the_selected_model(smoke_run) -> None:
         assert counts == [summary["splits"][split]["class_counts"][n] for n in summary["label_names"]]
         # recompute in this process from the split's files: same rows, same logits
         table = pq.read_table(run.splits_dir / split).to_pydict()
+        spec = StageContext.for_config(cfg).input_spec
         batch = preprocess_image_batch(
-            {"image": np.array(table["image"], dtype=object), "label_id": np.array(table["label_id"])},
-            StageContext.for_config(cfg).input_spec,
+            {"image": np.array(table["image"], dtype=object), "label_id": np.array(table["label_id"])}, spec,
         )
         with torch.no_grad():
-            local = model(pixel_values=torch.as_tensor(batch["pixel_values"])).numpy()
+            local = model(**model_inputs({"pixel_values": torch.as_tensor(batch["pixel_values"])}, spec)).numpy()
         order_saved = np.lexsort((logits[:, 0], labels))
         order_local = np.lexsort((local[:, 0], batch["labels"]))
         np.testing.assert_allclose(logits[order_saved], local[order_local], atol=1e-5)

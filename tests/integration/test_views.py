@@ -23,8 +23,8 @@ from serve.predictor import BundlePredictor, PredictInput, PredictRequest
 from tests.helpers.models import model_cfg
 from tests.helpers.references import predict_logits
 from trainers.model import build_classifier, save_classifier
-from trainers.preprocess import ImageSpec, preprocess_dataset, preprocess_image_batch
-from trainers.train_loop import evaluate
+from trainers.preprocess import ImageSpec, model_inputs, preprocess_dataset, preprocess_image_batch
+from trainers.train_loop import ValidationCache, evaluate
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -73,7 +73,7 @@ def test_validation_export_and_serving_use_the_same_views(tmp_path: Path) -> Non
         preprocessed = preprocess_image_batch(
             {"image": np.array([r["image"] for r in split_rows_], dtype=object),
              "label_id": np.array([r["label_id"] for r in split_rows_])}, SPEC)
-        pixels = torch.as_tensor(preprocessed["pixel_values"])
+        pixels = model_inputs({"pixel_values": torch.as_tensor(preprocessed["pixel_values"])}, SPEC)["pixel_values"]
         with torch.no_grad():
             direct = model(pixel_values=pixels).numpy()
             single = plain(pixel_values=pixels).numpy()
@@ -84,11 +84,13 @@ def test_validation_export_and_serving_use_the_same_views(tmp_path: Path) -> Non
     dataset = preprocess_dataset(ray.data.from_items(rows["val_calib"] + rows["val_test"]), SPEC).materialize()
     logits = np.concatenate([exported[s][0] for s in rows])
     labels = np.concatenate([exported[s][1] for s in rows])
-    metrics = evaluate(model, dataset, 4, torch.device("cpu"), None)
+    cpu = torch.device("cpu")
+    metrics = evaluate(model, ValidationCache(0).batches(dataset, 4, cpu), cpu, None, spec=SPEC)
     expected_loss = float(F.cross_entropy(torch.as_tensor(logits), torch.as_tensor(labels)))
     assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-5)
     assert metrics["accuracy"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
-    assert abs(evaluate(plain, dataset, 4, torch.device("cpu"), None)["loss"] - expected_loss) > 1e-4
+    assert abs(evaluate(plain, ValidationCache(0).batches(dataset, 4, cpu), cpu, None, spec=SPEC)["loss"]
+               - expected_loss) > 1e-4
 
     # serving: the exported bundle answers base64 images and raw pixels with the same logits
     bundle = load_bundle(export_bundle(tmp_path / "model", Policy(rule="none"), tmp_path / "bundle", {"run": "views"}))

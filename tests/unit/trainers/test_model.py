@@ -15,7 +15,7 @@ from tests.helpers.models import TINY_BERT, TINY_VIT, model_cfg, png
 from trainers.checkpoint import load_checkpoint, read_state, save_checkpoint, selected_model
 from trainers.config import ModelConfig
 from trainers.model import build_classifier, load_classifier, save_classifier
-from trainers.preprocess import ImageSpec, decode_image, preprocess_image_batch, resolve_image_spec
+from trainers.preprocess import ImageSpec, decode_image, model_inputs, preprocess_image_batch, resolve_image_spec
 from trainers.train_loop import param_groups
 
 
@@ -106,6 +106,29 @@ def test_decode_image_resizes_converts_and_normalises() -> None:
     np.testing.assert_allclose(out, 2.0)  # (1.0 - 0.5) / 0.25
     batch = preprocess_image_batch({"image": np.array([png(grey)] * 2, dtype=object), "label_id": np.array([1, 0])}, spec)
     assert batch["pixel_values"].shape == (2, 3, 4, 4) and batch["labels"].tolist() == [1, 0]
+    assert batch["pixel_values"].dtype == np.uint8 and (batch["pixel_values"] == 255).all()  # 4x smaller than float32
+    inputs = model_inputs({k: torch.as_tensor(v) for k, v in batch.items()}, spec)
+    assert inputs.keys() == {"pixel_values"} and inputs["pixel_values"].dtype == torch.float32
+    torch.testing.assert_close(inputs["pixel_values"], torch.full((2, 3, 4, 4), 2.0))
+    with pytest.raises(ValueError, match="uint8 pixel_values need the ImageSpec"):
+        model_inputs({"pixel_values": torch.zeros(1, 3, 4, 4, dtype=torch.uint8)})
+
+
+def test_uint8_pixels_normalised_on_the_device_give_the_served_logits() -> None:
+    """Training and the logits pass feed uint8 pixels normalised by the tensor's own
+    device; serving normalises on the CPU first: the same logits either way."""
+    spec = ImageSpec(image_size=8, num_channels=1, mean=(0.3,), std=(0.2,))
+    rng = np.random.default_rng(0)
+    images = [png(rng.integers(0, 256, (11, 9), dtype=np.uint8)) for _ in range(6)]  # resized to 8x8
+    batch = preprocess_image_batch({"image": np.array(images, dtype=object), "label_id": np.zeros(6, dtype=np.int64)},
+                                   spec)
+    served = torch.as_tensor(np.stack([decode_image(image, spec) for image in images]))
+    torch.manual_seed(0)
+    model = build_classifier(model_cfg(views=["identity", "center_crop"]), 3).eval()
+    with torch.no_grad():
+        on_device = model(**model_inputs({"pixel_values": torch.as_tensor(batch["pixel_values"])}, spec))
+        float_path = model(pixel_values=served)
+    torch.testing.assert_close(on_device, float_path, rtol=1e-6, atol=1e-6)
 
 
 def test_resolve_image_spec_from_backbone_config_and_overrides() -> None:

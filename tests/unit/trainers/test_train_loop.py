@@ -149,3 +149,26 @@ def test_the_fault_hook_kills_only_the_first_attempt(monkeypatch: pytest.MonkeyP
     assert exits == []
     hook(EpochStart(epoch=1, rank=0, attempt=0))
     assert exits == [1]
+
+
+def test_speed_options_apply_on_gpus_only() -> None:
+    from trainers.train_loop import speed_options
+
+    training = TrainingConfig.model_validate({"compile": False, "fused_optimizer": True, "tf32": True})
+    assert speed_options(training, torch.device("cpu")) == {"tf32": False, "fused_optimizer": False, "compile": False}
+    assert speed_options(training.model_copy(update={"compile": True}), torch.device("cpu"))["compile"] is True
+
+
+def test_the_validation_cache_keeps_this_ranks_batches_after_one_pass() -> None:
+    from trainers.train_loop import ValidationCache
+
+    shard = _Shard(10)
+    cache = ValidationCache(limit_mb=1)
+    first = [b["labels"].tolist() for b in cache.batches(shard, 3, torch.device("cpu"), rank=1, world=2)]
+    assert first == [[3, 4, 5], [9]]  # every other batch, starting at this rank's
+    again = [b["labels"].tolist() for b in cache.batches(shard, 3, torch.device("cpu"), rank=1, world=2)]
+    assert again == first and shard.passes == 1  # preprocessed and read once
+    streaming = ValidationCache(limit_mb=0)
+    for _ in range(2):
+        list(streaming.batches(shard, 3, torch.device("cpu")))
+    assert shard.passes == 3
