@@ -318,6 +318,21 @@ def get_dotted(tree: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+def flatten_dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a nested mapping under its dotted path (`{"a": {"b": 1}}` ->
+    `{"a.b": 1}`); an empty section is a leaf of its own."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict) and value:
+            flat.update(flatten_dotted(value, path))
+        else:
+            flat[path] = value
+    return flat
+
+
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> str | None:
     """Set "a.b" in `tree`, making missing sections; returns the problem when a part of
     the path is a value, not a section (nothing is set then)."""

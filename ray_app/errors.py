@@ -22,6 +22,10 @@ class UserError(Exception):
     http_status = 422
     http_error = "invalid request"
 
+    def http_fields(self) -> dict[str, str]:
+        """Fields a client acts on, answered beside `error` and `detail`."""
+        return {}
+
 
 class ConfigError(UserError):
     """One or more configuration problems, all reported at once."""
@@ -78,6 +82,20 @@ class Conflict(UserError):
 
     http_status = 409
     http_error = "conflict"
+
+
+class RunExists(Conflict):
+    """A run of that name exists and the launch did not say what to do about it
+    (`on_exists`: new, resume or replace): a finished run is never changed silently."""
+
+    http_error = "run exists"
+
+    def __init__(self, message: str, run: str) -> None:
+        super().__init__(message)
+        self.run = run
+
+    def http_fields(self) -> dict[str, str]:
+        return {"run": self.run, "link": f"/runs/{self.run}"}
 
 
 class TemplateExists(Conflict):

@@ -39,7 +39,7 @@ from ray.serve import Application
 from calibration.policy import Policy
 from serve.bundle import load_bundle, verify_bundle
 from serve.config import TOKEN_ENV, ServeConfig
-from serve.http_errors import error_response, validation_detail
+from serve.http_errors import BodyLimit, error_response, validation_detail
 from serve.predictor import BundlePredictor, InputError, ModelInput, PredictRequest, PredictResponse
 
 ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
@@ -48,12 +48,11 @@ OPEN_PATHS = frozenset({"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redi
 
 class RequestGate:
     """ASGI middleware run before the app reads anything: a request without the token
-    gets 401, and a body over `max_body_bytes` gets 413 (by Content-Length when sent,
-    else by counting the chunks as they arrive)."""
+    gets 401, and a body over `max_body_bytes` gets 413 (`BodyLimit`)."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, token: str | None) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.limited = BodyLimit(app, max_body_bytes, "send fewer or smaller inputs")
         self.token = token
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -66,25 +65,7 @@ class RequestGate:
             response.headers["WWW-Authenticate"] = "Bearer"
             await response(scope, receive, send)
             return
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(scope, receive, send)
-            return
-        messages, size = [], 0
-        while True:  # buffer the body: small by construction (<= max_body_bytes)
-            message = await receive()
-            messages.append(message)
-            size += len(message.get("body", b""))
-            if size > self.max_body_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                break
-
-        async def replay() -> dict[str, Any]:
-            return messages.pop(0) if messages else await receive()
-
-        await self.app(scope, replay, send)
+        await self.limited(scope, receive, send)
 
     def _authorized(self, scope: dict[str, Any], headers: dict[bytes, bytes]) -> bool:
         if self.token is None:
@@ -96,10 +77,6 @@ class RequestGate:
             return True
         scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
-
-    async def _too_large(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        reason = f"the request body is over the limit of {self.max_body_bytes} bytes; send fewer or smaller inputs"
-        await error_response(413, "request too large", reason)(scope, receive, send)
 
 
 @serve.deployment

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ray_app.cli import pipeline, runs, serve, service, sweep
-from ray_app.cli.arguments import add_config_arguments, add_target_arguments
+from ray_app.cli.arguments import add_run_arguments, add_target_arguments
 from ray_app.errors import UserError
 
 
@@ -31,8 +31,8 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "run": Command(
         help="every stage in order: splits, train, calibrate, evaluate, insights, export (resumable)",
-        example="ray-app run configs/digits.yaml -o training.epochs=5",
-        add_arguments=add_config_arguments,
+        example="ray-app run configs/digits.yaml -o training.epochs=5 --on-exists new",
+        add_arguments=add_run_arguments,
         handler=pipeline.cmd_run,
     ),
     "splits": Command(
@@ -44,7 +44,7 @@ COMMANDS: dict[str, Command] = {
     "train": Command(
         help="train a classifier on Ray Train (makes the splits first if needed)",
         example="ray-app train configs/digits.yaml -o training.epochs=2 -o scaling.num_workers=2",
-        add_arguments=add_config_arguments,
+        add_arguments=add_run_arguments,
         handler=pipeline.cmd_train,
     ),
     "calibrate": Command(

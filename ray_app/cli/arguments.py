@@ -42,6 +42,25 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     add_verbose_argument(parser)
 
 
+def add_on_exists_argument(parser: argparse.ArgumentParser, default: str = "refuse") -> None:
+    from ray_app.runs import ON_EXISTS_CHOICES
+
+    parser.add_argument(
+        "--on-exists",
+        choices=ON_EXISTS_CHOICES,
+        default=default,
+        help="when a run of this name exists: refuse (default; a run with the same config just continues), "
+        "new (train under the next free name, <name>-2), resume (continue it with this config, keeping stages "
+        "still valid), replace (delete it and train afresh)",
+    )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """A command that trains: a config, and what to do when its run exists."""
+    add_config_arguments(parser)
+    add_on_exists_argument(parser)
+
+
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", help="a run name or directory, or the YAML config that made the run")
     add_override_argument(parser)
@@ -51,12 +70,19 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_context(args: argparse.Namespace) -> StageContext:
     """The config and its run, and every local path it names checked: no Ray, torch or
-    transformers is imported before this answers, so mistakes are reported at once."""
+    transformers is imported before this answers, so mistakes are reported at once.
+    A command that trains (`--on-exists`) settles its run's name against what is on
+    disk here: an existing run is never retrained with another config unasked."""
     from ray_app.config import check_paths_exist, load_config
 
     cfg = load_config(args.config, args.override)
     check_paths_exist(cfg)
     from ray_app.stages.context import StageContext
+
+    if getattr(args, "on_exists", None) is not None:
+        from ray_app.runs import claim_run
+
+        cfg = claim_run(cfg, args.on_exists)
 
     return StageContext.for_config(cfg)
 

@@ -8,7 +8,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ray_app.cli.arguments import add_override_argument
+from ray_app.cli.arguments import add_on_exists_argument, add_override_argument
 from ray_app.errors import UserError
 from ray_app.ray_runtime import AUTH_MODE_ENV, check_port_free
 
@@ -68,6 +68,7 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", nargs="?", help="YAML config to launch (or --template)")
     add_override_argument(parser)
     parser.add_argument("--template", help="launch a saved template instead of a config file")
+    add_on_exists_argument(parser)
     _add_client_arguments(parser)
 
 
@@ -75,10 +76,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from ray_app.config import read_yaml_mapping
     from ray_app.control_plane.client import ServerClient
     from ray_app.control_plane.service import absolute_paths
+    from ray_app.control_plane.settings import SERVER_TOKEN_ENV
 
     if (args.config is None) == (args.template is None):
         raise UserError("give a config file or --template NAME (one of them): ray-app submit configs/digits.yaml")
-    body: dict[str, object] = {"overrides": args.override}
+    body: dict[str, object] = {"overrides": args.override, "on_exists": args.on_exists}
     if args.config is not None:
         raw = read_yaml_mapping(Path(args.config))
         absolute_paths(raw, Path.cwd())  # paths in a config mean where it is submitted from
@@ -88,8 +90,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     client = ServerClient(args.server)
     launched = client.request("POST", "/api/v1/runs", body)
     print(f"run {launched['run']} · job {launched['submission_id']} ({launched['status']})")
-    print(f"  follow: curl -N {client.url}/api/v1/runs/{launched['run']}/metrics/stream")
-    print(f"  logs:   curl -N {client.url}/api/v1/runs/{launched['run']}/logs/stream")
+    # The hints work as printed: with the bearer header when the server wants a token
+    # (read from the environment, so the token itself is never printed).
+    auth = f'-H "Authorization: Bearer ${SERVER_TOKEN_ENV}" ' if client.token else ""
+    print(f"  follow: curl -N {auth}{client.url}/api/v1/runs/{launched['run']}/metrics/stream")
+    print(f"  logs:   curl -N {auth}{client.url}/api/v1/runs/{launched['run']}/logs/stream")
     return 0
 
 

@@ -27,10 +27,12 @@ from ray_app.control_plane.routers import configs, families, insights, runs, ser
 from ray_app.control_plane.service import ControlPlane
 from ray_app.control_plane.settings import ServerSettings
 from ray_app.errors import ConfigError, UserError
-from serve.http_errors import error_response
+from serve.http_errors import BodyLimit, error_response, error_responses
 from trainers.schema import describe_error
 
 API_PREFIX = "/api/v1"
+BODY_ADVICE = ("send less (a config, not data: data goes in data.source.path), or start the server with a larger "
+               "max_body_bytes")
 logger = logging.getLogger(__name__)
 
 
@@ -57,11 +59,13 @@ def create_app(settings: ServerSettings | None = None, **options: Any) -> FastAP
     )
     app.state.plane = plane
     for router in (runs.router, templates.router, families.router, insights.router, configs.router, service.router):
-        app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(require_token)])
+        app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(require_token)],
+                           responses=error_responses(400, 401, 404, 409, 413, 422, 503))
     app.include_router(service.health_router)
     app.include_router(dashboard.router)
     app.mount("/static", dashboard.static_files, name="static")
     app.middleware("http")(refuse_path_like_names)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, advice=BODY_ADVICE)
     app.add_exception_handler(UserError, user_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, invalid_request)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
@@ -83,7 +87,7 @@ async def user_error(request: Request, exc: UserError) -> JSONResponse:
     """A problem the client can fix: the status the error carries, its message (every
     problem of a config)."""
     detail: Any = exc.problems if isinstance(exc, ConfigError) else str(exc)
-    return error_response(exc.http_status, exc.http_error, detail)
+    return error_response(exc.http_status, exc.http_error, detail, **exc.http_fields())
 
 
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,5 +1,5 @@
 """FastAPI dependencies: the control plane of this app (`Plane`, the one alias every
-router takes), and the bearer token."""
+router takes), a run that must exist (`ExistingRun`), and the bearer token."""
 
 from __future__ import annotations
 
@@ -18,6 +18,17 @@ def get_plane(request: Request) -> ControlPlane:
 
 
 Plane = Annotated[ControlPlane, Depends(get_plane)]
+
+
+def existing_run(name: str, plane: Plane) -> str:
+    """The `{name}` of the path, once a run of that name is known (else 404). As a
+    dependency it is checked before a streaming response starts, when a 404 can
+    still be answered."""
+    plane.require_run(name)
+    return name
+
+
+ExistingRun = Annotated[str, Depends(existing_run)]
 
 
 def require_token(request: Request) -> None:

@@ -6,7 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ray_app.runs import OnExists
 from trainers.schema import StrictModel
+
+ON_EXISTS_DESCRIPTION = (
+    "When a run of the config's name exists: refuse (409 with the run's link), new (train under the next free "
+    "name, <name>-2), resume (continue it with this config, keeping the stages still valid for it), replace "
+    "(delete it and train afresh). A finished run is never trained again unasked."
+)
 
 
 class LaunchRequest(StrictModel):
@@ -18,6 +25,7 @@ class LaunchRequest(StrictModel):
         default_factory=list,
         description="`dotted.key=value` overrides, as `-o` takes them, e.g. training.lr=0.001.",
     )
+    on_exists: OnExists = Field(default="refuse", description=ON_EXISTS_DESCRIPTION)
 
     @model_validator(mode="after")
     def _one_source(self) -> LaunchRequest:
@@ -28,6 +36,7 @@ class LaunchRequest(StrictModel):
 
 class RerunRequest(StrictModel):
     overrides: list[str] = Field(default_factory=list, description="Overrides on top of the run's own config.")
+    on_exists: OnExists = Field(default="refuse", description=ON_EXISTS_DESCRIPTION)
 
 
 class LaunchResponse(BaseModel):
@@ -178,9 +187,20 @@ class Preset(BaseModel):
     command: str = Field(description="The command the preset's first line says runs it.")
 
 
+class ExistingRun(BaseModel):
+    run: str = Field(description="The run of that name.")
+    status: str = Field(description="Its status: pending, running, succeeded, failed, stopped or incomplete.")
+    same_config: bool = Field(description="Whether it recorded exactly this config (apart from where it is stored).")
+    link: str = Field(description="Its dashboard page.")
+    next_free: str = Field(description="The name `on_exists: new` would train under.")
+
+
 class ResolvedConfig(BaseModel):
     run: str = Field(description="The run name the config gives.")
     config: ConfigDocument = Field(description="The config, validated, with every default filled in.")
+    existing: ExistingRun | None = Field(
+        default=None, description="The run a launch would meet under that name (null: none); see `on_exists`."
+    )
 
 
 class FamilyBackbone(BaseModel):

@@ -29,8 +29,16 @@ from ray_app.config import AppConfig, apply_overrides, check_paths_exist, is_loc
 from ray_app.control_plane.index import RunIndex
 from ray_app.control_plane.jobs import ACTIVE_STATES, JobLauncher, JobServerUnavailable
 from ray_app.control_plane.settings import ServerSettings
-from ray_app.errors import Conflict, InvalidName, NotFound, Unavailable
-from ray_app.runs import LAUNCH_ENV, Run
+from ray_app.errors import Conflict, InvalidName, NotFound, RunExists, Unavailable
+from ray_app.runs import (
+    LAUNCH_ENV,
+    OnExists,
+    Run,
+    config_changes,
+    next_free_name,
+    run_exists_message,
+    with_run_name,
+)
 from ray_app.templates import TemplateNotFound, TemplateStore, template_record
 from trainers.families import family_and_params
 
@@ -86,7 +94,8 @@ class ControlPlane:
         assert settings.templates_root is not None  # ServerSettings fills it in
         self.templates = TemplateStore(settings.templates_root)
         self.launcher = JobLauncher(settings.ray_address, settings.local_ray_cpus,
-                                    settings.runs_root / ".ray-head.log", enabled=settings.ray_jobs)
+                                    settings.runs_root / ".ray-head.log", enabled=settings.ray_jobs,
+                                    timeout_s=settings.ray_timeout_s)
         self._launch_lock = threading.Lock()
         # Recorded in the index but not yet accepted by Ray: the poller must not take
         # "no such job" for one of these as a job that vanished.
@@ -197,23 +206,44 @@ class ControlPlane:
         check_paths_exist(cfg)
         return cfg
 
-    def launch_template(self, name: str, overrides: list[str]) -> Launched:
+    def existing_run(self, cfg: AppConfig) -> dict[str, Any] | None:
+        """The run a launch of `cfg` would meet under its name, as the launch form shows
+        it: its status, whether its recorded config is the same, its page."""
+        name = run_name(cfg)
+        run = self.run(name)
+        job = self.index.latest_job(name)
+        if not run.exists() and (job is None or job["state"] not in ACTIVE_STATES):
+            return None
+        row = self.index.get(name) or {}
+        status = job["state"] if job is not None and job["state"] in ACTIVE_STATES else row.get("status", "incomplete")
+        pending = frozenset(job["run"] for job in self.index.active_jobs())
+        return {"run": name, "status": status, "same_config": run.exists() and not config_changes(run, cfg),
+                "link": f"/runs/{name}", "next_free": next_free_name(self.settings.runs_root, name, pending)}
+
+    def launch_template(self, name: str, overrides: list[str], on_exists: OnExists = "refuse") -> Launched:
         """Launch a saved template (with overrides); the run records the template."""
         template = self.templates.get(check_name(name, "template"))
-        return self.launch(template.config, overrides, template=template_record(template))
+        return self.launch(template.config, overrides, template=template_record(template), on_exists=on_exists)
 
-    def launch(self, raw: dict[str, Any], overrides: list[str], template: dict[str, str] | None = None) -> Launched:
+    def launch(self, raw: dict[str, Any], overrides: list[str], template: dict[str, str] | None = None,
+               on_exists: OnExists = "refuse") -> Launched:
         """Validate, then submit `ray-app run` as a Ray job. `template`: the record of
-        the template launched (`templates.template_record`), kept in the run."""
+        the template launched (`templates.template_record`), kept in the run.
+        `on_exists`: what to do when a run of the config's name exists (`runs.OnExists`);
+        a finished run is never trained again unasked."""
         cfg = self.resolve_config(raw, overrides)
-        if not self.settings.ray_jobs:
-            # Refused before anything is recorded: a job that can never start must not be listed.
-            raise Unavailable(self.launcher.error or "no Ray job server")
-        name = run_name(cfg)
         family = family_and_params(cfg.model.backbone)[0].name
         template_name = template["name"] if template else None
         with self._launch_lock:
-            self._refuse_if_active(name)
+            cfg = self._settle_name(cfg, on_exists)
+            if not self.settings.ray_jobs:
+                # Refused before anything is recorded: a job that can never start must not be listed.
+                raise Unavailable(self.launcher.error or "no Ray job server")
+            try:
+                self.launcher.client()  # unreachable, or refusing our token: said in seconds, nothing recorded
+            except JobServerUnavailable as exc:
+                raise Unavailable(str(exc)) from None
+            name = run_name(cfg)
             stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
             submission_id = f"ray-app-{name}-{stamp}-{secrets.token_hex(3)}"
             self.settings.launches_dir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +257,8 @@ class ControlPlane:
             self._submitting.add(submission_id)
         try:
             self.launcher.submit(
-                self._entrypoint(config_path),
+                # The job settles resume and replace itself, once it runs: until then the run stays as it is.
+                self._entrypoint(config_path, on_exists if on_exists in ("resume", "replace") else "refuse"),
                 submission_id,
                 metadata={"run": name, "template": template_name or "", "family": family, "launched_by": "ray-app"},
                 env_vars={LAUNCH_ENV: json.dumps({"submission_id": submission_id, "template": template})},
@@ -242,11 +273,24 @@ class ControlPlane:
             self._submitting.discard(submission_id)
         return Launched(run=name, submission_id=submission_id, status="pending", template=template_name, family=family)
 
-    def _entrypoint(self, config_path: Path) -> str:
+    def _settle_name(self, cfg: AppConfig, on_exists: OnExists) -> AppConfig:
+        """The config under the name it will train as: refused when that run exists and
+        the launch did not choose, renamed for `new`; never while the run is active."""
+        name = run_name(cfg)
+        run = self.run(name)
+        pending = {job["run"] for job in self.index.active_jobs()}
+        if on_exists == "new" and (run.exists() or name in pending):
+            return with_run_name(cfg, next_free_name(self.settings.runs_root, name, frozenset(pending)))
+        self._refuse_if_active(name)
+        if on_exists == "refuse" and run.exists():
+            raise RunExists(run_exists_message(run, config_changes(run, cfg), api=True), name)
+        return cfg
+
+    def _entrypoint(self, config_path: Path, on_exists: OnExists) -> str:
         # On a head of our own, the driver runs on this machine: this interpreter has
         # ray-app. A cluster's nodes have it installed as a command.
         program = [sys.executable, "-m", "ray_app"] if self.launcher.local_head is not None else ["ray-app"]
-        return shlex.join([*program, "run", str(config_path)])
+        return shlex.join([*program, "run", str(config_path), "--on-exists", on_exists])
 
     def _refuse_if_active(self, name: str) -> None:
         job = self.index.latest_job(name)
@@ -265,7 +309,7 @@ class ControlPlane:
             raise Unavailable(str(exc)) from None
         return {"run": name, "submission_id": job["submission_id"], "status": "stopping"}
 
-    def rerun(self, name: str, overrides: list[str]) -> Launched:
+    def rerun(self, name: str, overrides: list[str], on_exists: OnExists = "refuse") -> Launched:
         row = self.require_run(name)
         config_file = self.run(name).config_path
         if not config_file.is_file():
@@ -280,7 +324,7 @@ class ControlPlane:
                 template = template_record(self.templates.get(row["template"]))
             except TemplateNotFound:  # deleted since: the run still says which it was
                 template = {"name": row["template"]}
-        return self.launch(raw, overrides, template=template)
+        return self.launch(raw, overrides, template=template, on_exists=on_exists)
 
     def delete_run(self, name: str) -> None:
         row = self.require_run(name)

@@ -62,6 +62,15 @@ class ServerSettings(StrictModel):
     job_poll_s: float = Field(
         default=1.0, gt=0.0, description="How often the state of active Ray jobs is polled (seconds)."
     )
+    ray_timeout_s: float = Field(
+        default=10.0, gt=0.0, le=600.0,
+        description="Longest wait for one answer of the Ray job server (connecting, submitting, a job's state, "
+        "a stop): past it the request fails with 503 saying why, instead of hanging.",
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024,
+        description="Largest request body the API reads (bytes); a larger one is answered 413 before it is read.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -79,6 +79,22 @@ def test_init_from_a_missing_run_exit_2_before_ray_starts(tmp_path: Path) -> Non
     assert not list(tmp_path.iterdir())
 
 
+def test_a_finished_run_is_not_retrained_with_another_config_exit_2(tmp_path: Path) -> None:
+    from ray_app.runs import Run
+    from tests.helpers.configs import smoke_config
+
+    cfg = smoke_config(tmp_path)
+    Run.for_config(cfg).prepare(cfg)
+    recorded = Run.for_config(cfg).config_path.read_text()
+    result = cli("run", str(SMOKE), "-o", f"storage.root={tmp_path}", "-o", "training.lr=0.05", timeout=120)
+    assert_user_error(result, f"run '{Run.for_config(cfg).name}' exists", "training.lr", "--on-exists new",
+                      "--on-exists resume", "--on-exists replace")
+    assert "Started a local Ray instance" not in result.stderr
+    assert Run.for_config(cfg).config_path.read_text() == recorded
+    bad_choice = cli("train", str(SMOKE), "--on-exists", "overwrite", timeout=60)
+    assert bad_choice.returncode == 2 and "invalid choice: 'overwrite'" in bad_choice.stderr
+
+
 def test_missing_config_file() -> None:
     assert_user_error(cli("splits", "configs/nope.yaml"), "config file 'configs/nope.yaml' does not exist")
 

@@ -5,13 +5,19 @@ run stopped, statuses that combine the job and the run's own record."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.helpers.configs import SMOKE
+from ray_app.ray_runtime import free_port
+from tests.helpers.configs import REPO, SMOKE
 from tests.helpers.servers import PLANE_SMOKE_EPOCHS, ControlPlaneServer, sse_events, wait_for
 
 EPOCHS = PLANE_SMOKE_EPOCHS
@@ -108,12 +114,27 @@ def test_logs_of_a_job_are_kept_with_the_run(plane: Any, trained: dict[str, Any]
     assert streamed[-1]["event"] == "end" and int(streamed[-1]["id"]) == (runs / trained["run"] / "logs" / "run.log").stat().st_size
 
 
+def test_a_finished_run_is_never_retrained_in_place(plane: Any, trained: dict[str, Any], http: Any) -> None:
+    api, runs = plane
+    before = (runs / trained["run"] / "config.yaml").read_text()
+    relaunch = {"template": trained["template"], "overrides": ["training.lr=0.05"]}
+    refused = http.post(f"{api}/runs", json=relaunch, timeout=60)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["run"] == trained["run"] and "training.lr" in refused.json()["detail"]
+    assert (runs / trained["run"] / "config.yaml").read_text() == before
+    assert http.get(f"{api}/runs/{trained['run']}", timeout=10).json()["job"]["submission_id"] == \
+        trained["launched"]["submission_id"]  # no job was started for it
+
+
 def test_a_stopped_run_is_stopped_and_can_be_deleted(plane: Any, trained: dict[str, Any], http: Any) -> None:
     api, _ = plane
     smoke = yaml.safe_load(SMOKE.read_text())
-    launched = http.post(f"{api}/runs", json={"config": smoke, "overrides": ["seed=7", "training.epochs=50"]}, timeout=300)
+    # The trained run's name, taken: "new" trains the same config under the next free name.
+    launched = http.post(f"{api}/runs", json={"config": smoke, "overrides": ["training.epochs=50"], "on_exists": "new"},
+                         timeout=300)
     assert launched.status_code == 201, launched.text
     run = launched.json()["run"]
+    assert run == f"{trained['run']}-2"
     wait_for(lambda: http.get(f"{api}/runs/{run}", timeout=10).json()["status"] == "running", 120, "the job to run")
     deleting = http.delete(f"{api}/runs/{run}", timeout=10)
     assert deleting.status_code == 409 and "stop it" in deleting.json()["detail"]
@@ -125,6 +146,50 @@ def test_a_stopped_run_is_stopped_and_can_be_deleted(plane: Any, trained: dict[s
     events = sse_events(http, f"{api}/runs/{run}/metrics/stream")
     assert events[-1]["event"] == "end" and json.loads(events[-1]["data"])["status"] == "stopped"
     compared = http.get(f"{api}/runs/compare", params={"names": f"{trained['run']},{run}"}, timeout=10).json()
-    assert {"key": "seed", "values": {trained["run"]: 0, run: 7}} in compared["config_diff"]
+    assert {"key": "training.epochs", "values": {trained["run"]: EPOCHS, run: 50}} in compared["config_diff"]
     assert http.delete(f"{api}/runs/{run}", timeout=10).status_code == 204
     assert http.get(f"{api}/runs/{run}", timeout=10).status_code == 404
+
+
+def test_a_head_that_wants_a_token_is_reported_in_seconds(ray_head: str, tmp_path: Path) -> None:
+    """`ray-app server` pointed at a token-auth head without Ray's token mode: said on
+    /healthz and in a launch's 503 within seconds, and SIGTERM stops it at once."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS")}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ray_app", "server", "--port", str(port), "--ray-address", ray_head,
+         "--runs-root", str(tmp_path / "runs")],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    import requests
+
+    try:
+        url = f"http://127.0.0.1:{port}"
+        health = wait_for(lambda: _health(url), 60, "the server to answer and know about the head")
+        assert health["ray"]["ready"] is False and "token authentication" in health["ray"]["error"]
+        assert "RAY_AUTH_MODE=token" in health["ray"]["error"]
+        started = time.monotonic()
+        launch = requests.post(f"{url}/api/v1/runs", json={"config": yaml.safe_load(SMOKE.read_text())}, timeout=60)
+        assert launch.status_code == 503 and "token authentication" in launch.json()["detail"], launch.text
+        assert time.monotonic() - started < 15
+        assert requests.get(f"{url}/api/v1/runs", timeout=10).json()["total"] == 0  # nothing recorded as failed
+        started = time.monotonic()
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=30)
+        assert time.monotonic() - started < 15, output
+        assert "Traceback" not in output, output
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def _health(url: str) -> dict[str, Any] | None:
+    import requests
+
+    try:
+        health = requests.get(f"{url}/healthz", timeout=5).json()
+    except requests.ConnectionError:
+        return None
+    return health if health["ray"]["error"] and "starting" not in health["ray"]["error"] else None

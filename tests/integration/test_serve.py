@@ -21,6 +21,7 @@ from PIL import Image
 from serve.bundle import load_bundle
 from serve.config import ServeConfig
 from serve.predictor import BundlePredictor, PredictInput, PredictRequest
+from tests.helpers.fuzz import fuzz
 
 # One replica (the batching counters in /metadata are per replica) of one reserved CPU
 # (the session's Ray is shared with training tests), with two torch threads set
@@ -136,6 +137,18 @@ def test_multi_input_requests_from_concurrent_callers_keep_their_order(endpoint:
     for order, predictions in zip(orders, answers, strict=True):
         assert [p["label_id"] for p in predictions] == [expected[i].label_id for i in order]
         assert [p["confidence"] for p in predictions] == pytest.approx([expected[i].confidence for i in order], abs=1e-5)
+
+
+def test_generated_requests_get_no_5xx_and_answers_match_the_schema(endpoint: str) -> None:
+    """Schemathesis from the app's own OpenAPI schema: valid and invalid bodies for
+    /predict (and the GET routes), each answered 2xx/4xx as documented."""
+    import schemathesis
+
+    schema = schemathesis.openapi.from_url(f"{endpoint}/openapi.json")
+    sent = fuzz(schema, 40, base_url=endpoint)
+    print(f"serve fuzz: {sum(sent.values())} requests over {len(sent)} operations")
+    assert "POST /predict" in sent and sent["POST /predict"] >= 20
+    assert requests.get(f"{endpoint}/healthz", timeout=10).status_code == 200  # still serving
 
 
 def test_healthz_metadata_and_openapi(endpoint: str, smoke_bundle: Path) -> None:

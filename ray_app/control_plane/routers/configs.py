@@ -48,4 +48,4 @@ def get_preset(name: str, plane: Plane) -> dict[str, Any]:
 def resolve_config(request: ConfigRequest, plane: Plane) -> dict[str, Any]:
     raw = plane.source_config(request.template, request.config)
     cfg = plane.resolve_config(raw, request.overrides)
-    return {"run": run_name(cfg), "config": cfg.resolved_dict()}
+    return {"run": run_name(cfg), "config": cfg.resolved_dict(), "existing": plane.existing_run(cfg)}

@@ -13,7 +13,8 @@ import yaml
 from fastapi import APIRouter, Header, Query, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from ray_app.control_plane.deps import Plane
+from ray_app.config import flatten_dotted
+from ray_app.control_plane.deps import ExistingRun, Plane
 from ray_app.control_plane.jobs import ACTIVE_STATES
 from ray_app.control_plane.models import (
     LaunchRequest,
@@ -60,12 +61,14 @@ def list_runs(
 
 
 @router.post("", response_model=LaunchResponse, status_code=status.HTTP_201_CREATED,
-             summary="Launch a run as a Ray job, from a template or a config plus overrides")
+             summary="Launch a run as a Ray job, from a template or a config plus overrides",
+             responses={409: {"description": "A run of that name exists (or is running): the body names it "
+                                              "(`run`, `link`); choose `on_exists`."}})
 def launch_run(request: LaunchRequest, plane: Plane) -> LaunchResponse:
     if request.template is not None:
-        launched = plane.launch_template(request.template, request.overrides)
+        launched = plane.launch_template(request.template, request.overrides, request.on_exists)
     else:
-        launched = plane.launch(request.config or {}, request.overrides)
+        launched = plane.launch(request.config or {}, request.overrides, on_exists=request.on_exists)
     return LaunchResponse(**launched.__dict__)
 
 
@@ -79,7 +82,7 @@ def compare_runs(
     if not 2 <= len(dict.fromkeys(wanted)) <= MAX_COMPARE:
         raise InvalidRequest(f"compare takes 2 to {MAX_COMPARE} distinct run names, got {len(set(wanted))}")
     rows = {name: plane.require_run(name) for name in dict.fromkeys(wanted)}
-    configs = {name: _flatten(_run_config(plane, name)) for name in rows}
+    configs = {name: flatten_dotted(_run_config(plane, name)) for name in rows}
     keys = sorted({k for flat in configs.values() for k in flat})
     differences = [
         {"key": key, "values": {name: configs[name].get(key) for name in rows}}
@@ -145,7 +148,8 @@ def stop_run(name: str, plane: Plane) -> dict[str, Any]:
 @router.post("/{name}/rerun", response_model=LaunchResponse, status_code=status.HTTP_201_CREATED,
              summary="Launch the run's config again, with optional overrides")
 def rerun(name: str, plane: Plane, request: RerunRequest | None = None) -> LaunchResponse:
-    return LaunchResponse(**plane.rerun(name, (request or RerunRequest()).overrides).__dict__)
+    request = request or RerunRequest()
+    return LaunchResponse(**plane.rerun(name, request.overrides, request.on_exists).__dict__)
 
 
 # --- metrics ----------------------------------------------------------------------------
@@ -175,12 +179,11 @@ def _active(plane: ControlPlane, name: str) -> tuple[bool, dict[str, Any] | None
 @router.get("/{name}/metrics/stream", response_class=EventSourceResponse,
             summary="Server-Sent Events: the history, then each new epoch; 'end' when the run ends")
 async def stream_metrics(
-    name: str,
+    name: ExistingRun,
     plane: Plane,
     since_epoch: Annotated[int | None, Query(ge=-1, description="Start after this epoch (default: all).")] = None,
     last_event_id: Annotated[str | None, Header(description="Set by EventSource on reconnect: the last epoch seen.")] = None,
 ) -> AsyncIterator[ServerSentEvent]:
-    plane.require_run(name)
     path = plane.run(name).train.metrics
     last = int(last_event_id) if last_event_id and last_event_id.lstrip("-").isdigit() else (
         -1 if since_epoch is None else since_epoch
@@ -203,11 +206,10 @@ async def stream_metrics(
 
 @router.get("/{name}/logs", response_model=RunLogTail, summary="The last lines of the run's log")
 def get_logs(
-    name: str,
+    name: ExistingRun,
     plane: Plane,
     tail: Annotated[int, Query(ge=1, le=MAX_TAIL_LINES, description=f"Lines from the end (at most {MAX_TAIL_LINES}).")] = 200,
 ) -> dict[str, Any]:
-    plane.require_run(name)
     path = plane.run(name).log_path
     size = path.stat().st_size if path.is_file() else 0
     return {"run": name, "path": str(path), "lines": tail_lines(path, tail), "offset": size}
@@ -216,13 +218,12 @@ def get_logs(
 @router.get("/{name}/logs/stream", response_class=EventSourceResponse,
             summary="Server-Sent Events: new log lines as they are written (byte offset as the event id)")
 async def stream_logs(
-    name: str,
+    name: ExistingRun,
     plane: Plane,
     offset: Annotated[int | None, Query(ge=0, description="Start at this byte offset (default: the last `tail` lines).")] = None,
     tail: Annotated[int, Query(ge=0, le=MAX_TAIL_LINES)] = 100,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> AsyncIterator[ServerSentEvent]:
-    plane.require_run(name)
     path = plane.run(name).log_path
     if last_event_id and last_event_id.isdigit():
         position = int(last_event_id)
@@ -244,7 +245,6 @@ async def stream_logs(
 @router.get("/{name}/progress", response_model=TrainingProgress, response_model_exclude_unset=True,
             summary="Where training is inside the current epoch (rank 0's progress.json)")
 def get_progress(name: str, plane: Plane) -> dict[str, Any]:
-    plane.require_run(name)
     return _json(plane.run(name).train.progress) or {}
 
 
@@ -271,16 +271,3 @@ def _run_config(plane: ControlPlane, name: str) -> dict[str, Any]:
         return yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return {}
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, path))
-        else:
-            flat[path] = value
-    return flat

@@ -1,16 +1,28 @@
 """A run directory: the layout runs written before still have, the metadata of its
-stages, what earlier stages left, finding runs, and replacing a set of files whole."""
+stages, what earlier stages left, finding runs, replacing a set of files whole, and a
+launch meeting a run of its name (never retrained with another config unasked)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import yaml
+
 import pytest
 
 from calibration.policy import Policy
-from ray_app.errors import NotReady, UserError
-from ray_app.runs import InsightsLayout, Run, find_runs, resolve_run, staged_directory, write_json
+from ray_app.config import run_name
+from ray_app.errors import NotReady, RunExists, UserError
+from ray_app.runs import (
+    InsightsLayout,
+    Run,
+    claim_run,
+    find_runs,
+    resolve_run,
+    staged_directory,
+    write_json,
+)
 from tests.helpers.configs import smoke_config
 
 
@@ -112,3 +124,70 @@ def test_runs_are_found_by_scanning_and_resolved_by_name(tmp_path: Path) -> None
     assert resolve_run(str(tmp_path / "b"), Path("/elsewhere")).name == "b"
     with pytest.raises(UserError, match=r"no run named 'd' under .*runs found: a, b, c"):
         resolve_run("d", tmp_path)
+
+
+# --- a launch meeting a run of its name ------------------------------------------------
+
+
+def _trained_run(root: Path, *overrides: str) -> Run:
+    """A run as the splits stage leaves it: config.yaml and metadata of `overrides`."""
+    cfg = smoke_config(root, *overrides)
+    run = Run.for_config(cfg)
+    run.prepare(cfg)
+    (run.train.metrics.parent).mkdir(parents=True)
+    run.train.metrics.write_text('{"epoch": 0}\n')
+    return run
+
+
+def _recorded_lr(run: Run) -> float:
+    return float(yaml.safe_load(run.config_path.read_text())["training"]["lr"])
+
+
+def test_a_finished_run_is_not_retrained_with_another_config_unasked(tmp_path: Path) -> None:
+    run = _trained_run(tmp_path, "training.lr=0.001")
+    changed = smoke_config(tmp_path, "training.lr=0.01")
+    assert run_name(changed) == run.name  # lr is not in the name: the same directory
+    with pytest.raises(RunExists) as refused:
+        claim_run(changed)
+    message = str(refused.value)
+    assert "training.lr: 0.001 -> 0.01" in message
+    assert all(f"--on-exists {choice}" in message for choice in ("new", "resume", "replace"))
+    assert refused.value.http_fields() == {"run": run.name, "link": f"/runs/{run.name}"}
+    assert _recorded_lr(run) == 0.001 and run.train.metrics.is_file()  # nothing touched
+    # The control plane refuses an existing run even with the same config, and words the choices as JSON.
+    with pytest.raises(RunExists, match='"on_exists": "new"'):
+        claim_run(smoke_config(tmp_path, "training.lr=0.001"), api=True)
+
+
+def test_the_same_config_continues_its_run_on_the_cli(tmp_path: Path) -> None:
+    run = _trained_run(tmp_path)
+    same = smoke_config(tmp_path)
+    assert claim_run(same) is same and run.train.metrics.is_file()
+
+
+def test_new_trains_under_the_next_free_name(tmp_path: Path) -> None:
+    run = _trained_run(tmp_path, "training.lr=0.001")
+    renamed = claim_run(smoke_config(tmp_path, "training.lr=0.01"), "new")
+    assert run_name(renamed) == f"{run.name}-2" and renamed.training.lr == 0.01
+    Run.for_config(renamed).prepare(renamed)
+    assert run_name(claim_run(smoke_config(tmp_path), "new", taken=frozenset({f"{run.name}-3"}))) == f"{run.name}-4"
+    assert _recorded_lr(run) == 0.001
+
+
+def test_resume_records_the_new_config_before_any_stage_runs(tmp_path: Path) -> None:
+    run = _trained_run(tmp_path, "training.lr=0.001")
+    changed = smoke_config(tmp_path, "training.lr=0.01")
+    assert claim_run(changed, "resume") is changed
+    assert _recorded_lr(run) == 0.01  # config.yaml says what the run trains from now on
+    assert run.metadata()["config_fingerprint"] == changed.fingerprint()
+    assert run.train.metrics.is_file()  # earlier outputs stay for the stages to judge
+
+
+def test_replace_deletes_the_run_first(tmp_path: Path) -> None:
+    run = _trained_run(tmp_path)
+    claim_run(smoke_config(tmp_path, "training.lr=0.01"), "replace")
+    assert not run.root.exists()
+    # A directory with no metadata.json is not a run: nothing to refuse, nothing deleted.
+    (tmp_path / run.name / "notes").mkdir(parents=True)
+    claim_run(smoke_config(tmp_path), "replace")
+    assert (tmp_path / run.name / "notes").is_dir()

@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from ray_app.control_plane.app import API_PREFIX, create_app
 from tests.helpers.configs import SMOKE
+from tests.helpers.runs import make_run
 from tests.helpers.servers import running_server
-from tests.unit.ray_app.control_plane.test_server import make_run
 
 
 def json_routes(app: FastAPI) -> list[tuple[str, str, Any]]:

@@ -17,38 +17,12 @@ import pytest
 import requests
 import yaml
 
-from ray_app.config import load_config
 from ray_app.control_plane.app import create_app
 from ray_app.control_plane.index import RunIndex, combined_status
 from ray_app.run_status import read_metrics, status_from_metadata
 from tests.helpers.configs import SMOKE
+from tests.helpers.runs import make_run
 from tests.helpers.servers import running_server, sse_events
-
-COMPLETE = {s: {"status": "complete"} for s in ("splits", "calibrate", "insights", "export")}
-
-
-def make_run(root: Path, name: str, *, accuracy: float | None = 0.8, status: str = "complete",
-             family_overrides: list[str] | None = None, epochs: int = 3, log: str | None = None,
-             created: str = "2026-11-01T00:00:00+00:00") -> Path:
-    run = root / name
-    (run / "train").mkdir(parents=True)
-    cfg = load_config(SMOKE, [f"storage.root={root}", *(family_overrides or [])])
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg.resolved_dict(), sort_keys=False))
-    stages: dict[str, Any] = dict(COMPLETE)
-    stages["train"] = {"status": status, "epochs_run": epochs, "best_epoch": epochs - 1,
-                       "best": {"val_select/accuracy": accuracy, "val_select/loss": 1.0, "val_select/macro_f1": 0.5},
-                       "error": "RuntimeError: boom" if status == "failed" else None}
-    stages["evaluate"] = {"status": "complete", "accuracy": (accuracy or 0) - 0.05, "coverage": 0.7}
-    (run / "metadata.json").write_text(json.dumps({"name": name, "created": created, "stages": stages}))
-    (run / "train" / "metrics.jsonl").write_text("".join(
-        json.dumps({"epoch": e, "train/loss": 2.0 - e / 10, "val_select/accuracy": 0.5 + e / 100}) + "\n"
-        for e in range(epochs)
-    ))
-    if log is not None:
-        (run / "logs").mkdir()
-        (run / "logs" / "run.log").write_text(log)
-    return run
-
 
 # --- the index ----------------------------------------------------------------------------
 
@@ -238,6 +212,88 @@ def test_a_server_without_ray_serves_runs_and_refuses_launches(tmp_path: Path) -
     assert not (runs / ".launches").exists() and not (runs / ".ray-head.log").exists()
 
 
+def test_a_launch_never_retrains_a_finished_run_unasked(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    trained = make_run(runs, "smoke_vit_baseline_s0")
+    recorded = (trained / "config.yaml").read_text()
+    app = create_app(runs_root=runs, ray_jobs=False)
+    smoke = yaml.safe_load(SMOKE.read_text())
+    with running_server(app) as url:
+        # Only the learning rate changed: the same name, so the same directory.
+        changed = {"config": smoke, "overrides": ["training.lr=0.05"]}
+        refused = requests.post(f"{url}/api/v1/runs", json=changed)
+        check(refused, 409, "run exists", "smoke_vit_baseline_s0", "training.lr", '\\"on_exists\\": \\"new\\"')
+        assert refused.json()["run"] == "smoke_vit_baseline_s0" and refused.json()["link"] == "/runs/smoke_vit_baseline_s0"
+        check(requests.post(f"{url}/api/v1/runs", json={"config": smoke}), 409, "run exists", "with this config")
+        check(requests.post(f"{url}/api/v1/runs/smoke_vit_baseline_s0/rerun", json={"overrides": ["training.lr=0.05"]}),
+              409, "run exists")
+        check(requests.post(f"{url}/api/v1/runs", json={**changed, "on_exists": "overwrite"}), 422, "invalid request",
+              "on_exists")
+        # Choosing gets past the name (here to the missing job server: nothing is recorded either way).
+        check(requests.post(f"{url}/api/v1/runs", json={**changed, "on_exists": "new"}), 503, "unavailable")
+        resolved = requests.post(f"{url}/api/v1/configs/resolve", json=changed).json()
+        assert resolved["existing"] == {"run": "smoke_vit_baseline_s0", "status": "succeeded", "same_config": False,
+                                        "link": "/runs/smoke_vit_baseline_s0", "next_free": "smoke_vit_baseline_s0-2"}
+        same = requests.post(f"{url}/api/v1/configs/resolve", json={"config": smoke}).json()
+        assert same["existing"]["same_config"] is True
+        fresh = requests.post(f"{url}/api/v1/configs/resolve", json={"config": smoke, "overrides": ["seed=4"]}).json()
+        assert fresh["run"] == "smoke_vit_baseline_s4" and fresh["existing"] is None
+    assert (trained / "config.yaml").read_text() == recorded  # the run is as it was
+    assert not (runs / ".launches").exists()
+
+
+def test_a_body_past_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    app = create_app(runs_root=tmp_path / "runs", ray_jobs=False, max_body_bytes=64 * 1024)
+    smoke = yaml.safe_load(SMOKE.read_text())
+    with running_server(app) as url:
+        started = time.monotonic()
+        huge = requests.post(f"{url}/api/v1/runs", json={"config": smoke, "overrides": [f"seed={i}" for i in range(300_000)]})
+        check(huge, 413, "request too large", "65,536 bytes")
+        assert time.monotonic() - started < 10
+        # Without a Content-Length (chunked), counted as it arrives.
+        chunks = (b'{"config": {}, "overrides": [' + b'"seed=1",' * 2000 + b'"seed=2"]}' for _ in range(8))
+        check(requests.post(f"{url}/api/v1/configs/resolve", data=chunks, headers={"content-type": "application/json"}),
+              413, "request too large")
+        assert requests.get(f"{url}/healthz").status_code == 200  # still serving
+
+
+def _silent_listener() -> Any:
+    """A port that accepts connections (the kernel completes the handshake) and never
+    answers: a head that hangs."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    return listener
+
+
+@pytest.mark.parametrize("head", ["refused", "silent"])
+def test_an_unreachable_head_is_reported_in_seconds(tmp_path: Path, head: str) -> None:
+    listener = _silent_listener()
+    port = listener.getsockname()[1]
+    if head == "refused":
+        listener.close()  # nothing listens there any more: connections are refused
+    app = create_app(runs_root=tmp_path / "runs", ray_address=f"http://127.0.0.1:{port}", ray_timeout_s=2.0)
+    smoke = yaml.safe_load(SMOKE.read_text())
+    try:
+        with running_server(app) as url:
+            started = time.monotonic()
+            health = requests.get(f"{url}/healthz", timeout=10).json()["ray"]
+            while health["error"] is None and time.monotonic() - started < 10:
+                time.sleep(0.2)
+                health = requests.get(f"{url}/healthz", timeout=10).json()["ray"]
+            assert health["ready"] is False and f"127.0.0.1:{port}" in health["error"], health
+            assert time.monotonic() - started < 10
+            started = time.monotonic()
+            launch = requests.post(f"{url}/api/v1/runs", json={"config": smoke}, timeout=60)
+            check(launch, 503, "unavailable", f"127.0.0.1:{port}")
+            assert time.monotonic() - started < 10
+            assert requests.get(f"{url}/api/v1/runs", timeout=10).json()["total"] == 0  # no failed run recorded
+    finally:
+        listener.close()
+
+
 def test_token_is_required_but_health_and_docs_stay_open(api: Any) -> None:
     url, session, _ = api
     check(requests.get(f"{url}/api/v1/runs"), 401, "unauthorized", "Authorization: Bearer")
@@ -251,6 +307,9 @@ def test_token_is_required_but_health_and_docs_stay_open(api: Any) -> None:
 def test_unknown_and_path_like_names(api: Any) -> None:
     url, session, _ = api
     check(session.get(f"{url}/api/v1/runs/ghost"), 404, "not found", "no run named 'ghost'")
+    # Streams too: answered before the stream starts, not a 500 from inside it.
+    for stream in ("metrics/stream", "logs/stream", "logs"):
+        check(session.get(f"{url}/api/v1/runs/ghost/{stream}", timeout=10), 404, "not found", "no run named 'ghost'")
     for path in ("..%2Fetc", "%2E%2E", "a%2Fb/metrics", "x%5Cy"):
         check(session.get(f"{url}/api/v1/runs/{path}"), 400, "invalid name")
     check(session.get(f"{url}/api/v1/runs/.hidden"), 400, "invalid name", "not starting with '.'")
