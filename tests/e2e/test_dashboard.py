@@ -110,6 +110,18 @@ def test_launch_form_keeps_the_template_shows_errors_saves_and_launches(
     assert tab.input_value("#family-params [data-param='hidden_size']") == "32"
     assert tab.input_value("#family") == "vit"
 
+    # The run name, live: the template's run exists (same config), so the choices show;
+    # another seed is another run.
+    assert tab.inner_text("#run-name") == f"run {plane_smoke['run']} exists: choose above what to do"
+    assert "the same config" in tab.inner_text("#exists-text") and tab.is_visible("#exists")
+    tab.fill("[data-key='seed']", "7")
+    tab.wait_for_function("document.getElementById('run-name').textContent === 'will train run smoke_vit_baseline_s7'")
+    assert not tab.is_visible("#exists")
+    tab.fill("[data-key='seed']", "0")
+    tab.wait_for_selector("#exists:not([hidden])")
+    tab.check("#exists input[value=new]")
+    assert tab.inner_text("#run-name") == f"will train run {plane_smoke['run']}-2"
+
     # Clear goes back to the default preset; picking the template again shows it again.
     tab.click("#source-clear")
     tab.wait_for_function("document.getElementById('source-name').textContent.includes('preset digits')")
@@ -118,21 +130,28 @@ def test_launch_form_keeps_the_template_shows_errors_saves_and_launches(
     tab.wait_for_function(f"document.getElementById('source-name').textContent.includes('{template}')")
     assert tab.input_value("[data-key='training.epochs']") == str(PLANE_SMOKE_EPOCHS)
 
-    # Every problem next to its field, nothing launched.
+    # Every problem at once, each next to its field (a family parameter's too), quoting
+    # what was typed; nothing launched.
     runs_before = control_plane.session().get(f"{control_plane.api}/runs").json()["total"]
     tab.fill("[data-key='training.lr']", "-1")
     tab.fill("[data-key='training.epochs']", "0")
+    tab.fill("[data-key='calibration.guardrail.widths']", "0, abc")
     tab.fill("#family-params [data-param='hidden_size']", "33")
     tab.click("#launch")
     tab.wait_for_selector("#family-params label.invalid")
-    assert "multiple" in tab.inner_text("#family-params label.invalid .error")
-    console.expect_rejected(422)
-    tab.fill("#family-params [data-param='hidden_size']", "32")
-    tab.click("#launch")
     tab.wait_for_selector("label.invalid [data-key='training.lr']")
+    assert "multiple" in tab.inner_text("#family-params label.invalid .error")
     lr_error = tab.locator("label:has([data-key='training.lr']) .error").inner_text()
     epochs_error = tab.locator("label:has([data-key='training.epochs']) .error").inner_text()
     assert "greater than 0" in lr_error and "greater than" in epochs_error
+    widths_error = tab.locator("label:has([data-key='calibration.guardrail.widths']) .error").inner_text()
+    assert widths_error.startswith("item 2: ") and "'abc'" in widths_error, widths_error
+    assert tab.is_hidden("#form-errors"), tab.inner_text("#form-errors")  # nothing left unplaced
+    tab.fill("#family-params [data-param='hidden_size']", "32")
+    tab.fill("[data-key='calibration.guardrail.widths']", "0, 0.05, 0.1")
+    tab.click("#launch")
+    tab.wait_for_selector("label.invalid [data-key='training.lr']")
+    assert tab.locator("#family-params label.invalid").count() == 0
     console.expect_rejected(422)
     assert control_plane.session().get(f"{control_plane.api}/runs").json()["total"] == runs_before
     tab.fill("[data-key='training.lr']", "0.003")
@@ -151,14 +170,19 @@ def test_launch_form_keeps_the_template_shows_errors_saves_and_launches(
     saved = control_plane.session().get(f"{control_plane.api}/templates/dashboard-smoke").json()
     assert saved["config"]["seed"] == 1 and saved["description"] == "smoke, seed 1, from the dashboard"
 
-    # The compute budget of the form as it is.
+    # The compute budget of the form as it is; the seconds count while it measures and
+    # the server answers other requests meanwhile.
     tab.click("#budget")
+    tab.wait_for_selector("#budget-progress:not([hidden])")
+    assert control_plane.session().get(f"{control_plane.api}/runs", timeout=5).status_code == 200
     tab.wait_for_selector("#budget-result .stat", timeout=TRAINING_TIMEOUT_MS)
     assert "parameters" in tab.inner_text("#budget-result").lower()
+    assert re.fullmatch(r"(measured|from the cache) in \d+\.\d s", tab.inner_text("#budget-progress"))
     tab.screenshot(path=str(screenshots / "launch.png"), full_page=True)
 
     tab.click("#launch")
     tab.wait_for_url(re.compile(r"/runs/smoke_vit_baseline_s1$"))
+    console.expect_rejected(422)  # the live name preview met the form while it was invalid
     console.check()
 
 
@@ -167,8 +191,14 @@ def test_the_run_page_follows_training_then_shows_what_the_model_learned(
 ) -> None:
     tab, console = page
     assert tab.url.endswith("/runs/smoke_vit_baseline_s1")
+    # Until the first epoch, a sentence instead of empty axes; the job's news is not an error.
+    if tab.evaluate("!(document.getElementById('chart-loss').data)"):
+        assert tab.is_hidden("#charts") and "No epoch has finished yet" in tab.inner_text("#charts-empty")
     tab.wait_for_function("(document.getElementById('chart-loss').data || [])[0]?.x.length >= 1",
                           timeout=TRAINING_TIMEOUT_MS)
+    assert tab.is_hidden("#charts-empty")
+    if tab.is_visible("#run-message"):
+        assert tab.get_attribute("#run-message", "class") == "notice"
     first = points(tab, "chart-loss")
     if first < PLANE_SMOKE_EPOCHS:  # the chart gains points while the run trains
         tab.wait_for_function(f"document.getElementById('chart-loss').data[0].x.length > {first}", timeout=TRAINING_TIMEOUT_MS)
@@ -194,12 +224,72 @@ def test_the_run_page_follows_training_then_shows_what_the_model_learned(
     tab.wait_for_selector("#storyboard .tile img")
     categories = tab.locator("#storyboard section.story[data-category]")
     assert categories.count() >= 4
-    assert "confident wrong" in tab.inner_text("#storyboard").lower()
+    board = tab.inner_text("#storyboard")
+    assert "confident wrong" in board.lower() and "right" in tab.inner_text("#storyboard .legend")
+    assert not re.search(r"\b1 (rows|mistakes)\b", board)
+    # A tile's colour is its outcome: green when right, red when wrong, whatever the decision.
+    for tile in tab.locator("#storyboard .tile").all():
+        label, prediction = re.match(r"label (\S+) → (\S+)", tile.inner_text()).groups()
+        assert tile.get_attribute("data-outcome") == ("right" if label == prediction else "wrong")
+    outcomes = {c: set(tab.eval_on_selector_all(f"section[data-category='{c}'] .tile", "ts => ts.map(t => t.dataset.outcome)"))
+                for c in ("confident_right", "confident_wrong")}
+    assert outcomes["confident_right"] <= {"right"} and outcomes["confident_wrong"] <= {"wrong"}
+    colour = tab.eval_on_selector("#storyboard .tile", "t => getComputedStyle(t).borderTopColor")
+    assert colour in ("rgb(22, 163, 74)", "rgb(220, 38, 38)")
+    # An empty group says so in a sentence instead of showing nothing.
+    for section in categories.all():
+        count = int(re.search(r"· (\d+) rows?", section.inner_text()).group(1))
+        if count == 0 and "has no assist band" not in section.inner_text() and "accepts every input" not in section.inner_text():
+            assert section.locator(".empty-story").inner_text().startswith("None of the ")
+        else:
+            assert section.locator(".empty-story").count() == 0
     assert "ray-app serve" in tab.inner_text("#serve") and "smoke_vit_baseline_s1@" in tab.inner_text("#serve")
     assert "val_test accuracy" in tab.inner_text("#summary").lower()
     tab.wait_for_selector("#chart-reliability .scatterlayer")
     tab.wait_for_timeout(500)  # the last images decode
     tab.screenshot(path=str(screenshots / "run.png"), full_page=True)
+
+    # t-SNE on the smoke run's 75 val_test rows is refused (perplexity 30 needs over 90):
+    # the reason is shown, not "computing…" forever.
+    tab.select_option("#map-method", "tsne")
+    tab.wait_for_selector("#map-note.error")
+    assert "perplexity" in tab.inner_text("#map-note") and "computing" not in tab.inner_text("#map-note")
+    console.expect_rejected(422)
+    console.check()
+
+
+def test_a_launch_into_a_finished_run_is_refused_then_a_new_run_stopped_shows_no_fake_axes(
+    page: tuple[Any, Console], control_plane: ControlPlaneServer, plane_smoke: dict[str, Any], screenshots: Path
+) -> None:
+    tab, console = page
+    http, api, run = control_plane.session(), control_plane.api, plane_smoke["run"]
+    finished = http.get(f"{api}/runs/{run}").json()
+    tab.goto(f"/launch?template={plane_smoke['template']}")
+    tab.wait_for_selector("#exists:not([hidden])")
+    tab.click("#launch")  # "leave it" is the default: refused, the run untouched
+    tab.wait_for_selector("#exists-refused:not([hidden])")
+    assert "not changed without being asked" in tab.inner_text("#exists-refused")
+    console.expect_rejected(409)
+    assert http.get(f"{api}/runs/{run}").json()["created"] == finished["created"]
+    tab.screenshot(path=str(screenshots / "launch-exists.png"), full_page=False)
+
+    tab.check("#exists input[value=new]")
+    tab.click("#launch")
+    tab.wait_for_url(re.compile(rf"/runs/{run}-2$"))
+    http.post(f"{api}/runs/{run}-2/stop", timeout=60)
+    tab.wait_for_selector("#run-status.status-stopped", timeout=120_000)
+    tab.wait_for_function("document.getElementById('charts-empty').textContent.includes('stopped before its first epoch')")
+    assert tab.is_hidden("#charts") and tab.locator("#chart-loss .xtick").count() == 0
+    log_shown = tab.is_visible("#log") and tab.inner_text("#log").strip() != ""
+    assert log_shown or "no log lines" in tab.inner_text("#log-empty")
+    assert tab.get_attribute("#run-message", "class") != "errors"
+    assert http.get(f"{api}/runs/{run}").json()["created"] == finished["created"]  # the original is untouched
+    tab.screenshot(path=str(screenshots / "run-stopped.png"), full_page=True)
+
+    response = tab.goto("/runs/no_such_run")
+    assert response is not None and response.status == 404
+    assert "no run named 'no_such_run'" in tab.inner_text("main")
+    console.expect_rejected(404)
     console.check()
 
 
@@ -230,6 +320,14 @@ def test_families_and_templates_pages(page: tuple[Any, Console], plane_smoke: di
     assert plane_smoke["run"] in variant.inner_text() and "smoke_vit_baseline_s1" in variant.inner_text()
     assert tab.locator("section.family").count() >= 5
     tab.screenshot(path=str(screenshots / "families.png"), full_page=True)
+
+    # "Launch one" of another family keeps the shape the preset's data needs.
+    tab.click("section[data-family='dinov2'] a.button")
+    tab.wait_for_function("document.getElementById('family').value === 'dinov2'")
+    tab.wait_for_selector("#family-params [data-param='image_size']")
+    shape = {key: tab.input_value(f"#family-params [data-param='{key}']") for key in ("image_size", "num_channels", "hidden_size")}
+    assert shape == {"image_size": "8", "num_channels": "1", "hidden_size": "64"}, shape
+    tab.wait_for_function("document.getElementById('run-name').textContent.startsWith('will train run ')")
 
     tab.goto("/templates")
     tab.wait_for_selector("tr[data-template='dashboard-smoke']")

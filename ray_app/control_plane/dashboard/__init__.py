@@ -22,7 +22,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from ray_app.control_plane.deps import TOKEN_COOKIE
-from ray_app.control_plane.service import ControlPlane, InvalidName, check_name
+from ray_app.control_plane.service import ControlPlane, InvalidName
+from ray_app.errors import NotFound
 
 PAGES = Path(__file__).parent / "pages"
 STATIC = Path(__file__).parent / "static"
@@ -68,10 +69,15 @@ def launch_page(request: Request) -> Response:
 
 @router.get("/runs/{name}")
 def run_page(request: Request, name: str) -> Response:
+    # The page's status says whether the run exists, so a link to a run that does not is
+    # a 404 a browser, a crawler or a test can see (not an empty page of panels).
     try:
-        check_name(name)
+        _plane(request).require_run(name)
     except InvalidName as exc:
         return _page(request, "missing.html", "Not found", "runs", status_code=400, message=str(exc))
+    except NotFound as exc:
+        return _page(request, "missing.html", "Not found", "runs", status_code=404,
+                     message=f"{exc}. Every run is on the Runs page.")
     return _page(request, "run.html", name, "runs", run=name)
 
 

@@ -50,6 +50,11 @@ export function num(value, digits = 3) {
   return value === null || value === undefined || Number.isNaN(value) ? "–" : Number(value).toFixed(digits);
 }
 
+// "1 row", "2 rows", "0 rows": counts a person reads.
+export function plural(count, word, many = `${word}s`) {
+  return `${Number(count).toLocaleString()} ${count === 1 ? word : many}`;
+}
+
 export function pct(value, digits = 1) {
   return value === null || value === undefined ? "–" : `${(100 * value).toFixed(digits)}%`;
 }

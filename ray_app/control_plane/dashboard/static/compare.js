@@ -1,5 +1,5 @@
 // Two or more runs side by side: overlaid curves, results, and the config keys that differ.
-import { api, badge, epochTicks, h, layout, num, pct, PALETTE, PLOT_CONFIG } from "./common.js";
+import { api, badge, epochTicks, h, layout, num, pct, PALETTE, PLOT_CONFIG, plural } from "./common.js";
 
 const names = document.getElementById("compare").dataset.names;
 const CURVES = {
@@ -17,7 +17,7 @@ function cell(value) {
 try {
   const result = await api(`/runs/compare?names=${encodeURIComponent(names)}`);
   const runs = result.runs;
-  document.getElementById("compare-names").textContent = `${runs.length} runs`;
+  document.getElementById("compare-names").textContent = plural(runs.length, "run");
   for (const [id, [key, title]] of Object.entries(CURVES)) {
     const traces = runs.map((run, i) => {
       const rows = result.curves[run].filter((r) => r[key] !== undefined);

@@ -1,7 +1,7 @@
 // One run: status and stage timeline, live charts (history first, then the metrics
 // stream), the log (tail, then live; it follows the end unless the reader scrolled up),
 // stop / rerun, and once it is done its summary, calibration, meaning map and storyboard.
-import { ACTIVE, api, badge, epochTicks, h, layout, num, pct, PALETTE, PLOT_CONFIG, seconds, toast } from "./common.js";
+import { ACTIVE, api, badge, epochTicks, h, layout, num, pct, PALETTE, PLOT_CONFIG, plural, seconds, toast } from "./common.js";
 
 const name = document.getElementById("run").dataset.run;
 const path = `/runs/${encodeURIComponent(name)}`;
@@ -13,6 +13,8 @@ const CHARTS = {
 };
 let detail = null;
 let finishedShown = false;
+let chartsDrawn = false;
+let logLines = null;  // null until the log's tail is read
 let streams = [];
 
 // --- status, stages, buttons -------------------------------------------------------
@@ -26,6 +28,10 @@ function showDetail(run) {
   const message = document.getElementById("run-message");
   message.hidden = !run.message || run.status === "succeeded";
   message.textContent = run.message || "";
+  // Only a failure is an error; a job's "currently running" is news, not a problem.
+  message.className = run.status === "failed" ? "errors" : "notice";
+  if (!chartsDrawn) showNoEpochs(run.status);
+  if (logLines !== null) showLogEmpty();
   const timeline = document.getElementById("timeline");
   // The stage order is the pipeline's own (ray_app.stages), as the API gives it.
   timeline.replaceChildren(...run.stage_order.map((stage) => {
@@ -37,7 +43,7 @@ function showDetail(run) {
   }));
   const active = ACTIVE.has(run.status);
   document.getElementById("stop").hidden = !active;
-  document.getElementById("rerun").hidden = active;
+  document.getElementById("rerun-box").hidden = active;
   if (!active && !finishedShown && run.stages.export && run.stages.export.status === "complete") {
     finishedShown = true;
     showFinished(run).catch((error) => toast(`Could not show the results: ${error.message}`, "error"));
@@ -53,17 +59,46 @@ document.getElementById("stop").addEventListener("click", async (event) => {
   try { await api(`${path}/stop`, { method: "POST" }); toast("Stopping…"); } catch (error) { toast(error.message, "error"); }
   event.target.disabled = false;
 });
+// A finished run is never retrained in place unasked: a rerun is a new run unless the
+// reader picks resume or replace, and replace (which deletes results) is asked twice.
+document.getElementById("rerun-mode").addEventListener("change", () => {
+  const button = document.getElementById("rerun");
+  delete button.dataset.armed;
+  button.textContent = "Run again";
+});
 document.getElementById("rerun").addEventListener("click", async (event) => {
-  event.target.disabled = true;
+  const button = event.target;
+  const mode = document.getElementById("rerun-mode").value;
+  if (mode === "replace" && !button.dataset.armed) {
+    button.dataset.armed = "1";
+    button.textContent = "Delete its results and run again?";
+    return;
+  }
+  button.disabled = true;
   try {
-    const launched = await api(`${path}/rerun`, { method: "POST", body: {} });
+    const launched = await api(`${path}/rerun`, { method: "POST", body: { on_exists: mode } });
     location.href = `/runs/${encodeURIComponent(launched.run)}`;
-  } catch (error) { toast(error.message, "error"); event.target.disabled = false; }
+  } catch (error) { toast(error.message, "error"); button.disabled = false; }
 });
 
 // --- training charts ------------------------------------------------------------------
 
+// A run with no epoch yet has nothing to chart: a sentence says why instead of empty axes.
+function showNoEpochs(status) {
+  const why = ACTIVE.has(status) ? "No epoch has finished yet: the charts start with the first one."
+    : status === "stopped" ? "This run was stopped before its first epoch finished: there is nothing to chart."
+      : status === "failed" ? "This run failed before its first epoch finished: the log below says why."
+        : "This run recorded no epochs.";
+  const note = document.getElementById("charts-empty");
+  note.textContent = why;
+  note.hidden = false;
+  document.getElementById("charts").hidden = true;
+}
+
 function drawCharts(rows) {
+  chartsDrawn = true;
+  document.getElementById("charts-empty").hidden = true;
+  document.getElementById("charts").hidden = false;
   for (const [id, chart] of Object.entries(CHARTS)) {
     const traces = chart.series.map(([key, label], i) => ({
       x: rows.filter((r) => r[key] !== undefined).map((r) => r.epoch + 1),
@@ -79,6 +114,7 @@ function drawCharts(rows) {
 }
 
 function appendRow(row) {
+  if (!chartsDrawn) { drawCharts([row]); return; }
   for (const [id, chart] of Object.entries(CHARTS)) {
     const indices = [];
     const xs = [];
@@ -98,7 +134,8 @@ function noteEpoch(row) {
 
 async function followMetrics() {
   const history = await api(`${path}/metrics?limit=10000&order=asc`);
-  drawCharts(history.rows);
+  if (history.rows.length) drawCharts(history.rows);
+  else showNoEpochs(detail.status);
   let last = history.rows.length ? history.rows[history.rows.length - 1].epoch : -1;
   if (history.rows.length) noteEpoch(history.rows[history.rows.length - 1]);
   const source = new EventSource(`/api/v1${path}/metrics/stream?since_epoch=${last}`);
@@ -115,17 +152,30 @@ async function followMetrics() {
 
 // --- the log --------------------------------------------------------------------------
 
+// An empty log says why in a sentence, which follows the run's status.
+function showLogEmpty() {
+  const empty = document.getElementById("log-empty");
+  empty.textContent = ACTIVE.has(detail.status) ? "Nothing logged yet: the log fills in once the job starts."
+    : "This run wrote no log lines.";
+  empty.hidden = logLines > 0;
+  document.getElementById("log").hidden = logLines === 0;
+}
+
 async function followLog() {
   const box = document.getElementById("log");
   const tail = await api(`${path}/logs?tail=400`);
   box.textContent = tail.lines.join("\n");
   box.scrollTop = box.scrollHeight;
   document.getElementById("log-note").textContent = tail.path;
+  logLines = tail.lines.length;
+  showLogEmpty();
   const source = new EventSource(`/api/v1${path}/logs/stream?offset=${tail.offset}`);
   streams.push(source);
   source.addEventListener("log", (event) => {
     const atEnd = box.scrollHeight - box.scrollTop - box.clientHeight < 24;
     const lines = JSON.parse(event.data).lines;
+    logLines += lines.length;
+    showLogEmpty();
     box.textContent += (box.textContent ? "\n" : "") + lines.join("\n");
     if (atEnd) box.scrollTop = box.scrollHeight;  // follows the tail unless the reader scrolled up
   });
@@ -164,7 +214,7 @@ function showCalibration(views) {
   const bins = (which) => views.reliability[which].bins.filter((b) => b.count > 0);
   const traces = ["before", "after"].map((which, i) => ({
     x: bins(which).map((b) => b.confidence), y: bins(which).map((b) => b.accuracy),
-    text: bins(which).map((b) => `${b.count} samples`), name: which === "before" ? "before temperature" : `after (T=${num(views.temperature, 2)})`,
+    text: bins(which).map((b) => plural(b.count, "sample")), name: which === "before" ? "before temperature" : `after (T=${num(views.temperature, 2)})`,
     mode: "lines+markers", marker: { size: bins(which).map((b) => 5 + Math.min(10, Math.sqrt(b.count))), color: PALETTE[i] },
     hovertemplate: "confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{text}<extra></extra>",
   }));
@@ -210,8 +260,18 @@ async function showExample(id) {
 async function showMap() {
   const color = document.getElementById("map-color").value;
   const method = document.getElementById("map-method").value;
-  document.getElementById("map-note").textContent = method === "tsne" ? "computing t-SNE…" : "";
-  const map = await api(`${path}/meaning-map?color=${color}&method=${method}`);
+  const note = document.getElementById("map-note");
+  note.textContent = method === "tsne" ? "computing t-SNE…" : "";
+  note.classList.remove("error");
+  let map;
+  try {
+    map = await api(`${path}/meaning-map?color=${color}&method=${method}`);
+  } catch (error) {
+    // The API's reason (e.g. too few points for t-SNE's perplexity) stays on screen.
+    note.textContent = `${method === "tsne" ? "t-SNE" : "PCA"} could not be computed: ${error.message}`;
+    note.classList.add("error");
+    return;
+  }
   const groups = [...new Set(map.points.map((p) => String(p.color)))].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
   const traces = groups.map((group, i) => {
     const points = map.points.filter((p) => String(p.color) === group);
@@ -239,13 +299,24 @@ async function showMap() {
   }
 }
 
+// What an empty group means, said as a sentence (after "None of the N val_test rows").
+const EMPTY_STORY = {
+  confident_right: "was accepted and right",
+  confident_wrong: "was accepted and wrong",
+  assist: "fell in the assist band, so none went to a person",
+  abstain: "was abstained on",
+};
+
 async function showStoryboard(board) {
   const box = document.getElementById("storyboard");
   const sections = Object.entries(board.categories).map(([category, info]) => {
     const tiles = (info.examples || []).map((example) => {
-      const tile = h("figure", { class: `tile decision-${example.decision}`, dataset: { id: example.id, category } },
+      // The tile's colour is the outcome (right green, wrong red); the badge is the decision.
+      const outcome = example.label === example.prediction ? "right" : "wrong";
+      const tile = h("figure", { class: `tile outcome-${outcome}`, dataset: { id: example.id, category, outcome } },
         h("div", { class: "thumb" }), h("figcaption", {},
-          h("span", { text: `label ${example.label} → ${example.prediction}` }), h("span", { class: "muted", text: ` ${num(example.confidence, 2)}` })));
+          h("span", { text: `label ${example.label} → ${example.prediction}` }), h("span", { class: "muted", text: ` ${num(example.confidence, 2)}` }),
+          h("span", { class: `badge decision-${example.decision}`, text: example.decision })));
       api(`${path}/examples/${encodeURIComponent(example.id)}?thumbnail_px=96`).then((full) => {
         tile.querySelector(".thumb").append(full.kind === "image"
           ? h("img", { src: `data:${full.media_type};base64,${full.image}`, alt: `example ${full.id}`, class: "pixelated" })
@@ -254,12 +325,16 @@ async function showStoryboard(board) {
       return tile;
     });
     return h("section", { class: "story", dataset: { category } },
-      h("h3", {}, h("span", { class: "category", text: category.replace("_", " ") }), h("span", { class: "muted", text: ` · ${info.count} rows` })),
+      h("h3", {}, h("span", { class: "category", text: category.replace("_", " ") }), h("span", { class: "muted", text: ` · ${plural(info.count, "row")}` })),
       h("p", { class: "muted small", text: info.available ? info.description : info.reason }),
-      h("div", { class: "tiles" }, tiles));
+      info.available && info.count === 0
+        ? h("p", { class: "empty-story", text: `None of the ${plural(board.n, "val_test row")} ${EMPTY_STORY[category] || "is in this group"}.` })
+        : h("div", { class: "tiles" }, tiles));
   });
-  const pairs = (board.confused_pairs || []).map((pair) => h("li", {}, `${pair.classes.join(" ↔ ")}: ${pair.count} mistakes`));
-  box.replaceChildren(...sections, pairs.length ? h("section", { class: "story" }, h("h3", { text: "Most confused classes" }), h("ul", {}, pairs)) : "");
+  const pairs = (board.confused_pairs || []).map((pair) => h("li", {}, `${pair.classes.join(" ↔ ")}: ${plural(pair.count, "mistake")}`));
+  const legend = h("p", { class: "legend small" }, h("span", { class: "swatch outcome-right" }), " right ",
+    h("span", { class: "swatch outcome-wrong" }), " wrong · the badge is the policy's decision (accept, assist, abstain)");
+  box.replaceChildren(legend, ...sections, pairs.length ? h("section", { class: "story" }, h("h3", { text: "Most confused classes" }), h("ul", {}, pairs)) : "");
 }
 
 async function showFinished(run) {
