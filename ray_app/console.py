@@ -9,7 +9,9 @@ line per epoch when not a terminal), and one line when the stage ends.
 
 `--verbose` mirrors everything captured to the console as well. Either way, warnings a
 user must act on (a resource request no node can satisfy, memory pressure, a dead
-worker, our own packages' warnings) reach the console's stderr.
+worker, our own packages' warnings) reach the console's stderr — except that while
+training runs, a dead worker is Ray Train's to handle and the training watcher's to
+tell, in one line per failure (`ray_app.train_failures`).
 """
 
 from __future__ import annotations
@@ -57,25 +59,45 @@ ACTIONABLE_PATTERNS = (
     r"No available node types can fulfill",
     r"[Ii]nsufficient resources",
     r"[Oo]ut of memory|OutOfMemoryError|memory pressure|running low on memory",
-    r"[Ww]orker (?:died|crashed)|A worker died or was killed",
     r"[Nn]ode .* (?:died|was terminated|is dead)",
     r"[Ss]pilling objects|[Oo]bject store is full",
     r"No space left on device",
 )
+# A dead worker: actionable too, unless something else tells of it (`ActionableRules`).
+WORKER_DEATH_PATTERNS = (r"[Ww]orker (?:died|crashed)|A worker died or was killed",)
 _ACTIONABLE = re.compile("|".join(ACTIONABLE_PATTERNS))
+_WORKER_DEATH = re.compile("|".join(WORKER_DEATH_PATTERNS))
 
 
-def is_actionable(line: str) -> bool:
-    return bool(_ACTIONABLE.search(line))
+def is_actionable(line: str, worker_deaths_told: bool = False) -> bool:
+    """Whether a captured line is a warning a person must see. `worker_deaths_told`:
+    worker deaths are told on the console another way, so Ray's lines about them are not."""
+    return bool(_ACTIONABLE.search(line)) or (not worker_deaths_told and bool(_WORKER_DEATH.search(line)))
+
+
+class ActionableRules:
+    """Picks the captured lines that reach the console's stderr (`is_actionable`).
+
+    While training runs, Ray Train restarts the worker group after a worker dies and the
+    training watcher tells of each failure in one line; the raylet's notice of the same
+    death (and Ray's other text about it) then stays in the run's log."""
+
+    def __init__(self) -> None:
+        self.worker_deaths_told = False
+
+    def __call__(self, line: str) -> bool:
+        return is_actionable(line, self.worker_deaths_told)
 
 
 class Console:
     """Lines for a person: written to the console and to the run log."""
 
-    def __init__(self, out: TextIO, err: TextIO, sink: LogSink | None, interactive: bool, verbose: bool) -> None:
+    def __init__(self, out: TextIO, err: TextIO, sink: LogSink | None, interactive: bool, verbose: bool,
+                 rules: ActionableRules | None = None) -> None:
         self.out, self.err, self.sink = out, err, sink
         self.interactive = interactive  # a terminal, and not mirroring the log
         self.verbose = verbose
+        self.rules = rules or ActionableRules()  # the ones the capture of this command applies
         self._lock = threading.Lock()
         self._transient = ""
 
@@ -137,9 +159,12 @@ class Console:
         started = time.monotonic()
         if heading:
             self.print(f"{prefix} {heading}")
+        training = stage.progress == "epochs"
         watcher: Ticker | TrainProgress = (
-            TrainProgress(self, run.train, started) if stage.progress == "epochs" else Ticker(self, prefix, started)
+            TrainProgress(self, run.train, started) if training else Ticker(self, prefix, started)
         )
+        # The training watcher tells of each worker failure itself (ray_app.train_failures).
+        self.rules.worker_deaths_told = training
         watcher.start()
         try:
             yield
@@ -148,6 +173,8 @@ class Console:
             reason = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
             self.print(f"{prefix} {reason} after {time.monotonic() - started:.1f}s")
             raise
+        finally:
+            self.rules.worker_deaths_told = False
         watcher.stop()
         self.set_stage("-")
         info = run.stage_info(stage.name)
@@ -201,9 +228,10 @@ def open_console(log_file: Path | None, verbose: bool = False, ready: Callable[[
         interactive = sys.stdout.isatty() and not verbose
         yield Console(sys.stdout, sys.stderr, None, interactive, verbose)
         return
-    with capture_output(sink, mirror=verbose, actionable=is_actionable) as (out, err):
+    rules = ActionableRules()
+    with capture_output(sink, mirror=verbose, actionable=rules) as (out, err):
         interactive = out.isatty() and not verbose
-        console = Console(out, err, sink, interactive, verbose)
+        console = Console(out, err, sink, interactive, verbose, rules)
         handler = _OwnRecords(console)
         loggers = [logging.getLogger(name) for name in OWN_LOGGERS]
         levels = [lg.level for lg in loggers]

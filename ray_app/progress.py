@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from ray_app.train_failures import failure_line, read_failures
+
 if TYPE_CHECKING:
     from ray_app.runs import TrainLayout
 
@@ -92,12 +94,13 @@ def epoch_line(row: dict[str, Any], epochs: int | None) -> str:
 
 class TrainProgress(threading.Thread):
     """Follows the training of a run from its files — rank 0's `progress.json` (step
-    within the epoch) and `metrics.jsonl` (finished epochs) — wherever the workers run,
-    as long as the run directory is shared storage (which a cluster run needs anyway).
+    within the epoch), `metrics.jsonl` (finished epochs) and Ray Train's controller's
+    `failures.jsonl` (worker failures) — wherever the workers run, as long as the run
+    directory is shared storage (which a cluster run needs anyway).
 
     On a terminal each epoch gets a live tqdm bar (epoch, steps, elapsed and ETA, loss,
     the val_select metric) that stays once the epoch ends; otherwise one plain line per
-    finished epoch."""
+    finished epoch. Each worker failure is one line (`ray_app.train_failures`), in both."""
 
     def __init__(self, console: Screen, files: TrainLayout, started: float, poll_s: float = 0.25) -> None:
         super().__init__(daemon=True, name="train-progress")
@@ -112,6 +115,7 @@ class TrainProgress(threading.Thread):
         self.bar_epoch: int | None = None
         self.metrics_stamp: tuple[float, int] | None = None
         self.last_metric = ""
+        self.failures_shown = 0
 
     def run(self) -> None:
         while not self._stopped.wait(self.poll_s):
@@ -126,6 +130,8 @@ class TrainProgress(threading.Thread):
     def poll(self) -> None:
         for row in self._new_rows():
             self._finish_epoch(row)
+        for event in self._new_failures():
+            self._show_failure(event)
         progress = self._fresh_json(self.files.progress)
         if progress is None:
             if not self.shown and self.bar is None:
@@ -173,6 +179,28 @@ class TrainProgress(threading.Thread):
             if row.get("epoch") not in self.shown:
                 rows.append(row)
         return rows
+
+    def _new_failures(self) -> list[dict[str, Any]]:
+        """Failure events not shown yet (the file only grows while the stage runs)."""
+        path = self.files.failures
+        try:
+            if path.stat().st_mtime < self.not_before:
+                return []
+        except OSError:
+            return []
+        events = read_failures(path)
+        fresh = events[self.failures_shown:]
+        self.failures_shown = len(events)
+        return fresh
+
+    def _show_failure(self, event: dict[str, Any]) -> None:
+        """One line, after the bar of the epoch the failure cut short (a restarted group
+        draws that epoch's bar again)."""
+        line = failure_line(event)
+        self.console.log(line)
+        self._close_bar()
+        self.console.clear_line()
+        self.console.write_line(f"  {line}")
 
     def _open_bar(self, epoch: int, steps: int) -> None:
         from tqdm import tqdm

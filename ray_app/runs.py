@@ -128,6 +128,11 @@ class TrainLayout:
         return self.root / "progress.json"
 
     @property
+    def failures(self) -> Path:
+        """One JSON line per worker failure Ray Train met (ray_app.train_failures)."""
+        return self.root / "failures.jsonl"
+
+    @property
     def budget(self) -> Path:
         """The compute budget estimated before training."""
         return self.root / "budget.json"

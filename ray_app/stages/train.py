@@ -24,6 +24,7 @@ import ray.data
 
 from ray_app.budget import compute_budget
 from ray_app.errors import NotReady
+from ray_app.failure_reporter import FailureReporter
 from ray_app.runs import write_json
 from ray_app.stages import TRAIN
 from ray_app.stages.context import StageContext
@@ -150,7 +151,11 @@ def _fit(
         train_rows=summary["splits"]["train"]["count"], seed=cfg.seed, history=run.train.history_files(),
         input_spec=ctx.input_spec, init_backbone=init, before_epoch=before_epoch,
     )
-    return fit_classifier(params, datasets, cfg.scaling, run.train.ray_storage, run.name, callbacks=callbacks)
+    # Each worker failure: one event for the console's line, Ray's account in the run's log.
+    reporter = FailureReporter(failures_file=str(run.train.failures.resolve()), log_file=str(run.log_path.resolve()),
+                               keep_ray_records=ctx.console.verbose)
+    return fit_classifier(params, datasets, cfg.scaling, run.train.ray_storage, run.name,
+                          callbacks=[*(callbacks or []), reporter])
 
 
 def _save_selected(ctx: StageContext, fit: FitResult, init_from: dict[str, Any] | None) -> Path:

@@ -4,6 +4,7 @@ questions; failure/resume, two workers and early stopping each need a run of the
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ray_app.console import open_console
 from ray_app.runs import Run
+from ray_app.stages import TRAIN
 from ray_app.stages.context import StageContext
+from ray_app.stages.splits import ensure_splits
+from ray_app.stages.train import run_training
+from ray_app.train_failures import failure_line, read_failures
 from tests.helpers.configs import smoke_config, trained
 from tests.helpers.faults import KillWorkersAt
 from trainers.history import HistoryFiles
@@ -95,14 +101,41 @@ def test_fit_refuses_other_splits() -> None:
         fit_classifier(params, {"train": None, "val_select": None, "val_test": None}, cfg.scaling, Path("/tmp"), "x")
 
 
-def test_killed_worker_resumes_from_last_checkpoint(tmp_path: Path) -> None:
-    run = trained(smoke_config(tmp_path, "training.epochs=3"), before_epoch=KillWorkersAt(1)).run
+def test_killed_worker_resumes_from_last_checkpoint(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # Trained under the console `ray-app train` opens, so what a person would see is
+    # checked on the same run.
+    cfg = smoke_config(tmp_path, "training.epochs=3")
+    ctx = StageContext.for_config(cfg)
+    run = ctx.run
+    ensure_splits(ctx)
+    with open_console(run.log_path, ready=run.exists, argv=["train", "smoke"]) as console:
+        ctx.console = console
+        with console.stage(1, 1, TRAIN, run):
+            run_training(ctx, before_epoch=KillWorkersAt(1))
+    screen = "\n".join(capfd.readouterr())
     rows = history(run)
     assert [r["epoch"] for r in rows] == [0, 1, 2]  # each epoch exactly once
     # epoch 0 was trained by the first attempt; after the kill the group restarted
     # from its checkpoint and trained epochs 1 and 2 only: not from epoch 0 again.
     assert [r["attempt"] for r in rows] == [0, 1, 1]
     assert run.stage_info("train")["resumed_at"] == [1]
+
+    # One line on the console for the one failure: the epoch whose checkpoint the
+    # restarted group loaded (resumed_at) and the failure count against max_failures.
+    told = [line.strip() for line in screen.splitlines() if "worker died" in line or "worker failed" in line]
+    resumed, allowed = run.stage_info("train")["resumed_at"][0], cfg.scaling.max_failures
+    assert len(told) == 1, screen
+    assert re.fullmatch(rf"worker died \(rank 0: [^()]+\); resuming from epoch {resumed}'s checkpoint, "
+                        rf"failure 1 of {allowed}", told[0]), told[0]
+    # None of Ray's own paragraphs about it: they are in the run's log instead.
+    ray_text = ("Traceback", "RayActorError", "ActorDiedError", "WorkerGroupError", "[FailurePolicy]",
+                "A worker died or was killed", "The actor is dead", "Graceful shutdown")
+    assert not [text for text in ray_text if text in screen], screen
+    log = run.log_path.read_text()
+    assert told[0] in log and "[FailurePolicy] RETRY" in log and "A worker died or was killed" in log
+    assert "Traceback (most recent call last)" in log and "ActorDiedError" in log and "Error count: 1" in log
+    events = read_failures(run.train.failures)
+    assert [(e["failure"], e["max_failures"], e["retry"], e["resume_epoch"]) for e in events] == [(1, allowed, True, 1)]
 
 
 def test_two_workers_with_frozen_backbone(tmp_path: Path) -> None:
@@ -138,6 +171,10 @@ def test_failed_training_is_recorded_not_complete(tmp_path: Path) -> None:
         trained(cfg, before_epoch=KillWorkersAt(1))
     info = run.stage_info("train")
     assert info["status"] == "failed" and info["error"]
+    # The failure Ray Train did not retry is told as such.
+    [event] = read_failures(run.train.failures)
+    assert (event["failure"], event["max_failures"], event["retry"], event["died"]) == (1, 0, False, True)
+    assert failure_line(event).endswith("failure 1, over the 0 restart(s) allowed: training stops")
     assert run.stage_info("splits")["status"] == "complete"
     assert not (run.train.model_dir).exists() and not (run.train.predictions_dir).exists()
 
