@@ -18,7 +18,7 @@ import yaml
 
 from ray_app.ray_runtime import free_port
 from tests.helpers.configs import REPO, SMOKE
-from tests.helpers.servers import PLANE_SMOKE_EPOCHS, ControlPlaneServer, sse_events, wait_for
+from tests.helpers.servers import CONTROL_PLANE_TOKEN, PLANE_SMOKE_EPOCHS, ControlPlaneServer, sse_events, wait_for
 
 EPOCHS = PLANE_SMOKE_EPOCHS
 
@@ -126,15 +126,24 @@ def test_a_finished_run_is_never_retrained_in_place(plane: Any, trained: dict[st
         trained["launched"]["submission_id"]  # no job was started for it
 
 
-def test_a_stopped_run_is_stopped_and_can_be_deleted(plane: Any, trained: dict[str, Any], http: Any) -> None:
+def test_a_stopped_run_is_stopped_and_can_be_deleted(
+    plane: Any, trained: dict[str, Any], http: Any, control_plane: ControlPlaneServer
+) -> None:
     api, _ = plane
-    smoke = yaml.safe_load(SMOKE.read_text())
-    # The trained run's name, taken: "new" trains the same config under the next free name.
-    launched = http.post(f"{api}/runs", json={"config": smoke, "overrides": ["training.epochs=50"], "on_exists": "new"},
-                         timeout=300)
-    assert launched.status_code == 201, launched.text
-    run = launched.json()["run"]
-    assert run == f"{trained['run']}-2"
+    # Launched as a user would, with `ray-app submit`. The trained run's name is taken:
+    # "new" trains the same config under the next free name.
+    env = {**os.environ, "RAY_APP_SERVER_TOKEN": CONTROL_PLANE_TOKEN}
+    submitted = subprocess.run(
+        [sys.executable, "-m", "ray_app", "submit", str(SMOKE), "-o", "training.epochs=50", "--on-exists", "new",
+         "--server", control_plane.url], capture_output=True, text=True, timeout=300, env=env, cwd=REPO, check=False)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    run = f"{trained['run']}-2"
+    assert submitted.stdout.startswith(f"run {run} · job ")
+    # The curl hints work as printed: they carry the token header (the variable, never the token).
+    follow = next(line for line in submitted.stdout.splitlines() if "follow:" in line)
+    assert follow.strip() == (f'follow: curl -N -H "Authorization: Bearer $RAY_APP_SERVER_TOKEN" '
+                              f"{control_plane.url}/api/v1/runs/{run}/metrics/stream")
+    assert CONTROL_PLANE_TOKEN not in submitted.stdout
     wait_for(lambda: http.get(f"{api}/runs/{run}", timeout=10).json()["status"] == "running", 120, "the job to run")
     deleting = http.delete(f"{api}/runs/{run}", timeout=10)
     assert deleting.status_code == 409 and "stop it" in deleting.json()["detail"]
