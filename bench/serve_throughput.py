@@ -58,9 +58,22 @@ How to run
     python bench/serve_throughput.py --models text --clients 32,64 --shapes 1 \\
         --inputs 600 --soak-requests 0                                # a quick look
     python bench/serve_throughput.py --device cuda --precision fp16   # on a GPU machine
+    python bench/serve_throughput.py --recording-ab 6 --models digits --clients 8 \
+        --shapes 1 --inputs 400                                       # what recording answers costs
 
 JSON goes to stdout and `bench/results/serve_throughput.json` (`--output`); logs and
 a summary table go to stderr.
+
+Recording A/B (`--recording-ab ROUNDS`, instead of the above): the cost of recording
+every answer (`serve.decisions`). Two apps of one Serve instance serve the same bundle,
+one replica each, one recording and one not; a policy that makes every answer an
+assist, so every input is kept too (the most recording can cost). Per cell, the two
+take turns for ROUNDS rounds (the order alternating), the same requests each; then the
+apps swap roles (a redeploy) and do it again, so a difference between the two replica
+processes themselves cancels out. The cost is 1 - (recording inputs/s) / (not recording
+inputs/s), from the medians and per round; the recording replica's writer-thread CPU
+per answer is reported beside it. The recorded rows are counted against the answers sent. JSON to stdout and
+`bench/results/serve_recording.json` unless `--output` says otherwise.
 """
 
 # No `from __future__ import annotations`: the naive server's FastAPI route is defined
@@ -92,6 +105,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the subprocess modes run this file directly
     sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results" / "serve_throughput.json"
+RECORDING_RESULTS = REPO / "bench" / "results" / "serve_recording.json"
 WORKLOADS = ("digits", "text", "image")
 LIMIT_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 LIMIT_ROUNDS = 3
@@ -787,6 +801,116 @@ def run_workload(name: str, directory: Path, args: argparse.Namespace) -> dict[s
     return result
 
 
+def recording_ab(name: str, directory: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Recording on against off, interleaved turns on one Serve instance, in two passes
+    that swap which of the two apps (and replica processes) records, so a difference
+    between the replicas themselves cancels out (see the module docstring)."""
+    import ray
+    import requests
+    from ray import serve
+
+    from ray_app.cli.serve import deploy
+    from ray_app.ray_runtime import serve_environment
+    from serve.config import ServeConfig
+    from serve.decisions import DecisionStore
+
+    log(f"--- recording A/B on {name}: building the bundle and inputs")
+    workload = BUILDERS[name](directory / name)
+    workload.write_payloads(directory, args.shapes)
+    store = DecisionStore(directory / "decisions")
+    port = free_port()
+    # A band covering every confidence: each answer is an assist and keeps its input.
+    everything_assist = {"temperature": 1.0, "rule": "guardrail", "center": 0.5, "width": 1.0}
+    common: dict[str, Any] = {"bundle": str(workload.bundle), "port": port, "num_replicas": 1,
+                              "policy": everything_assist}
+    if args.device == "cuda":
+        common.update(num_gpus_per_replica=0.5, precision=args.precision)
+
+    def configs(recording_app: str) -> list[ServeConfig]:
+        return [ServeConfig(app_name=app, route_prefix=f"/{app}", **common,
+                            decisions={"directory": str(store.directory)} if app == recording_app else {"enabled": False})
+                for app in ("a", "b")]
+
+    with serve_environment():
+        context = ray.init(address="local")
+    result: dict[str, Any] = {"model": workload.description, "rounds_per_pass": args.recording_ab,
+                              "policy": "every answer an assist (every input kept)",
+                              "decisions_settings": configs("a")[0].decisions.model_dump(mode="json"), "passes": []}
+    turns: dict[tuple[int, int], dict[str, list[dict[str, Any]]]] = {}
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        for recording_app in ("a", "b"):
+            deploy(configs(recording_app), f"http://{context.dashboard_url}")
+            urls = {"on": f"http://127.0.0.1:{port}/{recording_app}",
+                    "off": f"http://127.0.0.1:{port}/{'b' if recording_app == 'a' else 'a'}"}
+            for url in urls.values():
+                wait_until_up(f"{url}/healthz")
+            answered_on = 0
+            for arm, url in urls.items():  # warm-up
+                for shape in args.shapes:
+                    warm = run_load(f"{url}/predict", workload.payload_files[shape], 16, 8, 60, shape)
+                    answered_on += (warm["requests"] - warm["errors"]) * shape if arm == "on" else 0
+            on_seconds = 0.0
+            for shape in args.shapes:
+                for clients in args.clients:
+                    cell = turns.setdefault((shape, clients), {"on": [], "off": []})
+                    total = cell_requests(args, name, shape, clients)
+                    for round_index in range(args.recording_ab):
+                        for arm in (("on", "off") if round_index % 2 == 0 else ("off", "on")):
+                            turn = run_load(f"{urls[arm]}/predict", workload.payload_files[shape], total, clients,
+                                            args.cell_seconds, shape)
+                            cell[arm].append(turn)
+                            if arm == "on":
+                                answered_on += (turn["requests"] - turn["errors"]) * shape
+                                on_seconds += turn["seconds"]
+            stats = requests.get(f"{urls['on']}/metadata", timeout=30).json()["decisions"]
+            result["passes"].append({"recording_app": recording_app, "answers_sent_to_recording_app": answered_on,
+                                     "recorder_stats": stats,
+                                     # the writer thread's CPU against the time the recording app was under load
+                                     "writer_cpu_share_of_a_core": round(stats["writer_cpu_s"] / on_seconds, 4),
+                                     "writer_cpu_us_per_answer": round(1e6 * stats["writer_cpu_s"]
+                                                                       / max(1, stats["recorded"]), 1)})
+        # the second pass's deploy restarted the first recording replica: its queue was
+        # written on that clean shutdown; the second's is written within a flush interval
+        sent = sum(p["answers_sent_to_recording_app"] for p in result["passes"])
+        flush_s = configs("a")[0].decisions.flush_interval_s
+        deadline = time.monotonic() + 10 * flush_s + 10
+        while recorded_rows(store) < sent and time.monotonic() < deadline:
+            time.sleep(flush_s)
+        result["answers_sent_to_recording_apps"] = sent
+        result["rows_recorded"] = recorded_rows(store)
+        result["rows_with_input"] = len(store.read(decisions=("assist", "abstain"), with_inputs=False))
+        result["store_bytes"] = sum(p.stat().st_size for p in store.directory.iterdir())
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    result["cells"] = []
+    for (shape, clients), cell in turns.items():
+        rates = {arm: [t["inputs_per_s"] for t in cell[arm]] for arm in cell}
+        median = {arm: statistics.median(rates[arm]) for arm in rates}
+        paired = [1 - on / off for on, off in zip(rates["on"], rates["off"], strict=True) if off]
+        half = args.recording_ab
+        summary = {"inputs_per_request": shape, "clients": clients, "requests_per_turn": cell_requests(args, name, shape, clients),
+                   "inputs_per_s": rates, "median_inputs_per_s": median,
+                   "p50_ms": {arm: statistics.median(t["p50_ms"] for t in cell[arm]) for arm in cell},
+                   "p99_ms": {arm: statistics.median(t["p99_ms"] for t in cell[arm]) for arm in cell},
+                   "errors": {arm: sum(t["errors"] for t in cell[arm]) for arm in cell},
+                   "cost": round(1 - median["on"] / median["off"], 4),
+                   "cost_per_round": [round(c, 4) for c in paired],
+                   "cost_per_round_median": round(statistics.median(paired), 4),
+                   "cost_per_round_median_by_pass": [round(statistics.median(paired[:half]), 4),
+                                                     round(statistics.median(paired[half:]), 4)]}
+        log(f"recording {name} x{shape} c{clients}: on {median['on']:.0f} / off {median['off']:.0f} inputs/s, cost "
+            f"{summary['cost']:+.1%}; per round median {summary['cost_per_round_median']:+.1%} (by pass "
+            f"{summary['cost_per_round_median_by_pass']})")
+        result["cells"].append(summary)
+    return result
+
+
+def recorded_rows(store: Any) -> int:
+    return sum(sum(per_decision.values()) for per_decision in store.counts().values())
+
+
 def add_ratios(cell: dict[str, Any], limit_sweep_rate: float | None) -> None:
     """serve over each naive server and over the limit measured in the cell; also over
     the sweep's limit before the servers started, which runs without idle servers beside
@@ -893,7 +1017,12 @@ def main() -> None:
                         help="serve alone, no naive servers (to compare Serve settings between runs)")
     parser.add_argument("--no-limit-after", dest="limit_after", action="store_false",
                         help="measure the limit sweep only before the servers, not again after")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--recording-ab", type=int, default=0, metavar="ROUNDS",
+                        help="only measure what recording answers costs: ROUNDS interleaved turns per cell of an app "
+                        "recording and one not, on the first of --models (default output serve_recording.json)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="where the JSON goes (default bench/results/serve_throughput.json, or "
+                        "serve_recording.json with --recording-ab)")
     parser.add_argument("--naive-server", help=argparse.SUPPRESS)
     parser.add_argument("--limit-worker", help=argparse.SUPPRESS)
     parser.add_argument("--load-generator", help=argparse.SUPPRESS)
@@ -919,6 +1048,24 @@ def main() -> None:
     # A SIGTERM (a `timeout`, a CI cancel) unwinds like Ctrl-C, so the servers, Ray and
     # the limit workers this started are stopped, not orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.recording_ab:
+        output = args.output or RECORDING_RESULTS
+        started = time.time()
+        with tempfile.TemporaryDirectory() as tmp:
+            ab = recording_ab(args.models[0], Path(tmp), args)
+        import ray
+
+        ab = {"benchmark": "serve_recording", "measured": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "duration_s": round(time.time() - started), "machine": {"cpus": os.cpu_count(), "ray": ray.__version__,
+                                                                      "platform": platform.platform()},
+              "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                           if k not in ("naive_server", "limit_worker", "load_generator")},
+              **ab}
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(ab, indent=2) + "\n")
+        print(json.dumps(ab, indent=2))
+        return
+    args.output = args.output or RESULTS
     started = time.time()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,6 +5,10 @@
     GET  /metadata   model version, labels, input format, the policy in force, limits
     GET  /docs, /openapi.json   the schema FastAPI generates
 
+Every answer is recorded off the request path (`serve.decisions`): the request only
+queues it, a thread of the replica writes it, and `__del__` (Serve's shutdown hook)
+writes what is still queued.
+
 Every input of every request goes through one `@serve.batch` method, so inputs from
 different callers share a forward pass. Batch size and wait, top-k and the policy are
 `user_config`: changing them calls `reconfigure` on the running replicas, no restart.
@@ -25,6 +29,7 @@ import hmac
 import json
 import os
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,7 @@ from ray.serve import Application
 from calibration.policy import Policy
 from serve.bundle import load_bundle, verify_bundle
 from serve.config import TOKEN_ENV, ServeConfig
+from serve.decisions import default_directory_for_bundle, open_recorder
 from serve.http_errors import BodyLimit, error_response, validation_detail
 from serve.predictor import BundlePredictor, InputError, ModelInput, PredictRequest, PredictResponse
 
@@ -109,7 +115,19 @@ class ClassifierDeployment:
         self.stats: dict[str, float] = {"requests": 0, "inputs": 0, "forward_passes": 0, "largest_batch": 0,
                                          "forward_seconds": 0.0}
         self.replica_id = serve.get_replica_context().replica_id.unique_id
+        bundle = self.predictor.bundle
+        self.recorder = open_recorder(config.decisions, default_directory_for_bundle(bundle.directory, bundle.manifest),
+                                      self.replica_id)
         self.reconfigure(config.user_config())
+
+    def __del__(self) -> None:
+        # Serve calls this on a graceful shutdown (a redeploy that replaces or removes
+        # the replica, serve.shutdown): the answers still queued are written before the
+        # process ends. Also reached by garbage collection, possibly after a failed
+        # constructor, hence the getattr; close() runs once.
+        recorder = getattr(self, "recorder", None)
+        if recorder is not None:
+            recorder.close()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a new policy / top-k / batching on the running replica."""
@@ -135,7 +153,7 @@ class ClassifierDeployment:
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(inputs))
         return results
 
-    async def predict(self, request: PredictRequest) -> PredictResponse:
+    async def predict(self, request: PredictRequest, request_id: str) -> PredictResponse:
         inputs = self.predictor.prepare(request, self.config.max_inputs_per_request)
         self.stats["requests"] += 1
         results = await asyncio.gather(*(self.forward_batch(x) for x in inputs))
@@ -144,8 +162,12 @@ class ClassifierDeployment:
                 raise result
         # The policy is read after the forward: a reconfigure applies to every answer
         # sent after it.
-        predictions = self.predictor.answer(np.stack(results), self.policy, request.top_k or self.top_k)
-        return PredictResponse(model_version=self.predictor.bundle.model_version, predictions=predictions)
+        policy = self.policy
+        predictions = self.predictor.answer(np.stack(results), policy, request.top_k or self.top_k)
+        model_version = self.predictor.bundle.model_version
+        if self.recorder is not None:
+            self.recorder.record(request_id, model_version, policy, predictions, request.inputs, inputs)
+        return PredictResponse(model_version=model_version, predictions=predictions)
 
     def metadata(self) -> dict[str, Any]:
         bundle = self.predictor.bundle
@@ -170,6 +192,7 @@ class ClassifierDeployment:
             "replica": {"id": self.replica_id, "started_at": self.started_at, "device": str(self.predictor.device),
                         "precision": self.config.precision, "torch_threads": torch.get_num_threads(), **self.stats},
             "token_required": self.token is not None,
+            "decisions": self.recorder.stats() if self.recorder is not None else {"enabled": False},
         }
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -197,8 +220,11 @@ class ClassifierDeployment:
                 parsed = PredictRequest.model_validate(payload)
             except ValidationError as exc:
                 return error_response(422, "invalid request", validation_detail(exc))
+            # Serve's ingress gives every request an x-request-id (the caller's own if it
+            # sent one) and returns it in the response: the key to the recorded answers.
+            request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
             try:
-                return await self.predict(parsed)
+                return await self.predict(parsed, request_id)
             except InputError as exc:
                 return error_response(exc.status, "invalid input", str(exc))
 
@@ -248,11 +274,17 @@ def build_app(args: ServeConfig) -> Application:
     import path: `serve.app:build_app`). The bundle is verified here first, so a bad
     bundle fails the deploy with its reason instead of replicas failing one by one."""
     bundle = Path(args.bundle).resolve()
-    verify_bundle(bundle)
+    manifest = verify_bundle(bundle)
     if args.policy is not None:
         Policy.model_validate(args.policy)
     token = args.token.get_secret_value() if args.token else os.environ.get(TOKEN_ENV)
-    config = args.model_copy(update={"bundle": str(bundle), "token": SecretStr(token) if token else None})
+    # Resolved here, where relative paths mean what the deployer meant: every replica
+    # writes into the same directory whatever its working directory.
+    decisions_dir = Path(args.decisions.directory).resolve() if args.decisions.directory else \
+        default_directory_for_bundle(bundle, manifest)
+    decisions = args.decisions.model_copy(update={"directory": str(decisions_dir)})
+    config = args.model_copy(update={"bundle": str(bundle), "token": SecretStr(token) if token else None,
+                                     "decisions": decisions})
     scaling: dict[str, Any] = (
         {"autoscaling_config": config.autoscaling.model_dump()} if config.autoscaling
         else {"num_replicas": config.resolved_num_replicas(cluster_resources())}

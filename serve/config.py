@@ -34,6 +34,57 @@ class AutoscalingSettings(StrictModel):
         return self
 
 
+class DecisionRecording(StrictModel):
+    """The record of every answer (`serve.decisions`): where it goes, how often it is
+    written, what it keeps and for how long."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Append every answer (request id, time, model version, label, calibrated top-k, "
+        "confidence, decision, policy) to the decision store, off the request path.",
+    )
+    directory: str | None = Field(
+        default=None,
+        description="Directory of the store (one SQLite file per replica). null: <runs root>/decisions/<run> "
+        "for a bundle at <runs root>/<run>/bundle (the run's name from bundle.json), resolved when the app "
+        "is built. Set it when the bundle lives outside a runs root. On a cluster it must be storage every "
+        "replica's node can write.",
+    )
+    flush_interval_s: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=60.0,
+        description="Queued answers are written in one transaction at least this often (and on a clean "
+        "shutdown). A crashed replica loses at most the answers of its last interval.",
+    )
+    keep_abstain_inputs: bool = Field(
+        default=True,
+        description="Keep the input (text, image bytes or pixels) of abstain answers for review; assist "
+        "answers always keep theirs, accept answers never do.",
+    )
+    max_age_days: float = Field(
+        default=30.0, gt=0.0, description="Answers older than this are deleted (checked every retention_check_s)."
+    )
+    max_size_mb: float = Field(
+        default=1024.0,
+        gt=0.0,
+        description="Size limit of the whole store directory (every replica's file); over it, the oldest "
+        "answers are deleted until it is 90% full.",
+    )
+    retention_check_s: float = Field(
+        default=60.0,
+        ge=0.0,
+        description="How often a replica applies max_age_days and max_size_mb, during a flush (0: at every "
+        "flush). Between checks the store can outgrow max_size_mb by what arrives in the meantime.",
+    )
+    max_queued_requests: int = Field(
+        default=10_000,
+        ge=1,
+        description="Requests whose answers may wait in memory for the writer. When the disk cannot keep "
+        "up, further answers are counted as dropped (GET /metadata) instead of growing memory without bound.",
+    )
+
+
 class ServeConfig(StrictModel):
 
     bundle: str = Field(description="Bundle directory (runs/<name>/bundle) to serve.")
@@ -122,6 +173,12 @@ class ServeConfig(StrictModel):
         description="Policy to use instead of the bundle's policy.json (same fields: "
         "temperature, rule, threshold, center, width). Changing it on a running app goes "
         "through user_config / reconfigure, without restarting replicas.",
+    )
+
+    decisions: DecisionRecording = Field(
+        default_factory=DecisionRecording,
+        description="Recording every answer for review and monitoring (serve/decisions.py). A builder "
+        "argument: changing it restarts the replicas.",
     )
 
     @model_validator(mode="after")
