@@ -66,6 +66,16 @@ class SourceConfig(StrictModel):
             return "image"
         return "text"
 
+    @property
+    def file_columns(self) -> tuple[str, str]:
+        """(content column, label column) of a Parquet file holding this source's rows:
+        the configured columns for parquet, else `image` / `text` (csv / jsonl: their
+        text column) and the label column. A review export is written with these and
+        read back with them, so it reads like the source itself."""
+        if self.modality == "image":
+            return self.image_column or "image", self.label_column
+        return self.text_column or "text", self.label_column
+
 
 def is_local_path(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
@@ -117,6 +127,26 @@ class SplitsConfig(StrictModel):
 class DataConfig(StrictModel):
     source: SourceConfig = Field(default_factory=SourceConfig, description="Where the data is.")
     splits: SplitsConfig = Field(default_factory=SplitsConfig, description="How it is split.")
+    reviewed: list[str] = Field(
+        default_factory=list,
+        description="Review exports (Parquet files written by `ray-app review export` or POST "
+        "/api/v1/runs/{name}/review/export) whose labelled rows join the train split only. They "
+        "were chosen by a model's uncertainty, so in val_select, val_calib or val_test they would "
+        "bias model choice, calibration and the final metrics. Rows whose content is already in "
+        "the source are left out (the source's split and label win); every label must be one of "
+        "the source's classes. Local paths; the run records each file's sha256 and rows used.",
+    )
+
+    @field_validator("reviewed")
+    @classmethod
+    def _distinct_local_paths(cls, paths: list[str]) -> list[str]:
+        remote = [p for p in paths if not is_local_path(p)]
+        if remote:
+            raise ValueError(f"review exports must be local files, not URIs: {remote}")
+        repeated = sorted({p for p in paths if paths.count(p) > 1})
+        if repeated:
+            raise ValueError(f"review exports listed more than once: {repeated}")
+        return paths
 
 
 class StorageConfig(StrictModel):
@@ -381,6 +411,12 @@ def check_paths_exist(cfg: AppConfig) -> None:
     backbone given as an explicit local path (a bare `org/name` may be a hub id)."""
     if cfg.data.source.path is not None:
         check_local_path(cfg.data.source.path, f"the {cfg.data.source.kind} data")
+    missing = [p for p in cfg.data.reviewed if not Path(p.removeprefix("file://")).is_file()]
+    if missing:
+        raise DataError(
+            f"data.reviewed: no such review export file(s) {missing}; give the paths that `ray-app review "
+            "export` printed (relative paths are resolved from the current directory)"
+        )
     tokenizer = cfg.model.preprocessing.tokenizer
     if tokenizer is not None and not Path(tokenizer).is_dir():
         raise UserError(

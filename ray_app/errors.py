@@ -76,6 +76,16 @@ class ExampleNotFound(NotFound):
     """No val_test example of the run has this id."""
 
 
+class ReviewItemNotFound(NotFound):
+    """No answer of the run's review queue has this item id, or (undo) it has no review."""
+
+
+class InvalidLabel(InvalidRequest):
+    """A review label that is not one of the run's classes."""
+
+    http_error = "invalid label"
+
+
 class Conflict(UserError):
     """The request conflicts with the current state: the run is running, the template
     exists."""
@@ -100,6 +110,27 @@ class RunExists(Conflict):
 
 class TemplateExists(Conflict):
     """A template of that name exists and the save did not ask to overwrite it."""
+
+
+class AlreadyReviewed(Conflict):
+    """The review item has a label (or a skip) already: a second submit never silently
+    replaces the first; the reviewer undoes it first."""
+
+    http_error = "already reviewed"
+
+    def __init__(self, message: str, reviewer: str, reviewed_at: str) -> None:
+        super().__init__(message)
+        self.reviewer = reviewer
+        self.reviewed_at = reviewed_at
+
+    def http_fields(self) -> dict[str, str]:
+        return {"reviewer": self.reviewer, "reviewed_at": self.reviewed_at}
+
+
+class NothingToExport(Conflict):
+    """A review export was asked for while no item is labelled (skips do not count)."""
+
+    http_error = "nothing to export"
 
 
 class NotReady(UserError):

@@ -150,6 +150,16 @@ def read_source(source: SourceConfig) -> ray.data.Dataset:
     return _tabular_dataset(source)
 
 
+def read_reviewed_export(source: SourceConfig, path: str) -> ray.data.Dataset:
+    """A review export (`data.reviewed`) as canonical rows, read exactly as a parquet
+    source with the run's source columns (`SourceConfig.file_columns`): a file without
+    them is a DataError naming it and the columns it has."""
+    content, label = source.file_columns
+    as_source = SourceConfig(kind="parquet", path=path, label_column=label,
+                             **{"image_column" if source.modality == "image" else "text_column": content})
+    return _tabular_dataset(as_source)
+
+
 def _inspect_batch(batch: dict[str, np.ndarray], column: str) -> dict[str, np.ndarray]:
     hashes: list[str] = []
     errors: list[str] = []

@@ -13,12 +13,13 @@ way the pipeline reads split data, and it refuses (and records) everything else.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import shutil
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,11 +94,44 @@ def _rows_digest(lines: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
 
 
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 of a file's bytes ("missing:<path>" when there is none, so a fingerprint
+    can still be formed and the stage that reads it says what is missing). Cached per
+    path, size and modification time: a stage's fingerprint is asked for often."""
+    target = Path(str(path).removeprefix("file://"))
+    try:
+        stat = target.stat()
+    except OSError:
+        return f"missing:{target}"
+    return _file_sha256(str(target.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class ReviewedRows:
+    """The rows of one review export (`data.reviewed`): what planning needs of them."""
+
+    path: str
+    fingerprint: str  # sha256 of the file
+    content_hashes: list[str]
+    labels: list[str]
+
+
 @dataclass(frozen=True)
 class SplitPlan:
     assignment: dict[str, str]  # content hash -> split name (absent: subsampled out)
     label_names: list[str]
     summary: dict[str, Any]  # the content of splits.json
+    # Content hashes of reviewed rows that join train (those already in the source do not).
+    reviewed_hashes: frozenset[str] = field(default_factory=frozenset)
 
     def to_json(self) -> str:
         return json.dumps(self.summary, indent=2, sort_keys=True) + "\n"
@@ -109,9 +143,12 @@ def plan_splits(
     config: SplitsConfig,
     seed: int,
     source: SourceConfig | None = None,
+    reviewed: list[ReviewedRows] | None = None,
 ) -> SplitPlan:
     """Assign every distinct content to a split: duplicates grouped, each class's
-    groups in seeded order, cut by largest remainder (see the module's docstring)."""
+    groups in seeded order, cut by largest remainder (see the module's docstring).
+    `reviewed` rows (review exports) join train only and never change where a source
+    row goes: see `_add_reviewed`."""
     if len(content_hashes) != len(labels):
         raise ValueError("content_hashes and labels differ in length")
     label_names = label_order(labels)
@@ -134,8 +171,42 @@ def plan_splits(
             for h in groups[start : start + count]:
                 assignment[h] = split
             start += count
-    summary = _summary(content_hashes, labels, label_names, labels_per_hash, assignment, config, seed, source)
-    return SplitPlan(assignment=assignment, label_names=label_names, summary=summary)
+    added, records = _add_reviewed(reviewed or [], set(labels_per_hash), label_names, assignment)
+    summary = _summary(content_hashes, labels, label_names, labels_per_hash, assignment, config, seed, source,
+                       added, records)
+    return SplitPlan(assignment=assignment, label_names=label_names, summary=summary,
+                     reviewed_hashes=frozenset(h for h, _ in added))
+
+
+def _add_reviewed(
+    reviewed: list[ReviewedRows], source_hashes: set[str], label_names: list[str], assignment: dict[str, str]
+) -> tuple[list[tuple[str, str]], list[dict[str, Any]]]:
+    """Reviewed rows assigned to train (in `assignment`); returns the (hash, label) pairs
+    added and one record per export for splits.json. They were picked by a model's
+    uncertainty: anywhere but train they would bias model choice, calibration and the
+    final metrics. A row whose content is in the source is left out (the source's split
+    and label win), so no content crosses splits; a label outside the source's classes
+    is a DataError naming the file."""
+    known = set(label_names)
+    added: list[tuple[str, str]] = []
+    records = []
+    for export in reviewed:
+        unknown = sorted(set(export.labels) - known)
+        if unknown:
+            raise DataError(
+                f"review export '{export.path}' has label(s) {unknown} that are not classes of the source "
+                f"(its classes: {label_names}); label with the run's classes, or remove the file from data.reviewed"
+            )
+        kept = 0
+        for content_hash, label in zip(export.content_hashes, export.labels, strict=True):
+            if content_hash in source_hashes:
+                continue
+            assignment[content_hash] = "train"
+            added.append((content_hash, label))
+            kept += 1
+        records.append({"path": export.path, "fingerprint": export.fingerprint, "rows": len(export.labels),
+                        "added_to_train": kept, "already_in_source": len(export.labels) - kept})
+    return added, records
 
 
 def _seeded_groups(
@@ -171,11 +242,14 @@ def _seeded_groups(
 def _summary(
     content_hashes: list[str], labels: list[str], label_names: list[str], labels_per_hash: dict[str, set[str]],
     assignment: dict[str, str], config: SplitsConfig, seed: int, source: SourceConfig | None,
+    reviewed_rows: list[tuple[str, str]], reviewed: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """The content of splits.json."""
+    """The content of splits.json. Reviewed rows count in train's count, classes and
+    content hash; `source_fingerprint` stays the source's alone, and `reviewed` (only
+    when there are review exports) lists each file with its sha256 and rows used."""
     per_split_lines: dict[str, list[str]] = {s: [] for s in SPLIT_NAMES}
     per_split_classes: dict[str, Counter[str]] = {s: Counter() for s in SPLIT_NAMES}
-    for h, label in zip(content_hashes, labels, strict=True):
+    for h, label in [*zip(content_hashes, labels, strict=True), *reviewed_rows]:
         split = assignment.get(h)
         if split is not None:
             per_split_lines[split].append(f"{h}\t{label}")
@@ -183,7 +257,7 @@ def _summary(
     rows_per_hash = Counter(content_hashes)
     duplicate_groups = [h for h, n in rows_per_hash.items() if n > 1]
     splits_of_hash = {h: {assignment[h]} for h in duplicate_groups if h in assignment}
-    return {
+    summary = {
         "format_version": SPLITS_FORMAT_VERSION,
         "seed": seed,
         "ratios": config.ratios.as_dict(),
@@ -213,19 +287,43 @@ def _summary(
             for s in SPLIT_NAMES
         },
     }
+    if reviewed:
+        summary["reviewed"] = reviewed
+    return summary
 
 
 def read_and_plan(cfg: AppConfig) -> tuple[ray.data.Dataset, SplitPlan]:
     """Read, check and plan everything before any directory is touched: bad data stops
-    here and leaves nothing behind. Returns the checked rows and their plan."""
-    from ray_app.sources import inspect_rows, raise_on_bad_rows, read_source
+    here and leaves nothing behind. Returns the checked rows (the source's, then the
+    review exports' that join train) and their plan."""
+    from ray_app.sources import inspect_rows, raise_on_bad_rows, read_reviewed_export, read_source
 
     source = cfg.data.source
+    columns = ["content_hash", "label", "ref", "error"]
     inspected = inspect_rows(read_source(source), source)
-    index = inspected.select_columns(["content_hash", "label", "ref", "error"]).to_pandas()
+    index = inspected.select_columns(columns).to_pandas()
     raise_on_bad_rows(index)
-    plan = plan_splits(index["content_hash"].tolist(), index["label"].tolist(), cfg.data.splits, cfg.seed, source)
+    exports, reviewed = [], []
+    for path in cfg.data.reviewed:
+        rows = inspect_rows(read_reviewed_export(source, path), source)
+        export_index = rows.select_columns(columns).to_pandas()
+        raise_on_bad_rows(export_index)
+        exports.append(rows)
+        reviewed.append(ReviewedRows(path, file_fingerprint(path), export_index["content_hash"].tolist(),
+                                     export_index["label"].tolist()))
+    plan = plan_splits(index["content_hash"].tolist(), index["label"].tolist(), cfg.data.splits, cfg.seed, source,
+                       reviewed)
+    if exports:
+        keep = plan.reviewed_hashes
+        inspected = inspected.union(*(rows.map_batches(_rows_with_hashes, fn_kwargs={"keep": keep},
+                                                       batch_format="numpy") for rows in exports))
     return inspected, plan
+
+
+def _rows_with_hashes(batch: dict[str, np.ndarray], keep: frozenset[str]) -> dict[str, np.ndarray]:
+    """Only the rows whose content is in `keep` (a review export's rows that join train)."""
+    mask = np.array([h in keep for h in batch["content_hash"]], dtype=bool)
+    return {k: v[mask] for k, v in batch.items()}
 
 
 def _tag_rows(

@@ -2,7 +2,7 @@
 
 Each handler is a few lines in a module of this package (`pipeline`: the stages and the
 budget; `sweep`; `serve`; `runs`: runs and logs; `service`: the control plane, submit,
-templates, families); what a command prints is formatted in `ray_app.console`. User
+templates, families; `review`: the review queue and its export); what a command prints is formatted in `ray_app.console`. User
 errors (config, data, arguments) print one clear message and exit 2 with no traceback;
 anything else is a bug and keeps its traceback. Handlers import the heavy modules
 lazily, so `--help` and config errors answer at once.
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ray_app.cli import pipeline, runs, serve, service, sweep
+from ray_app.cli import pipeline, review, runs, serve, service, sweep
 from ray_app.cli.arguments import add_run_arguments, add_target_arguments
 from ray_app.errors import UserError
 
@@ -118,6 +118,12 @@ COMMANDS: dict[str, Command] = {
         example="ray-app families list  |  ray-app families show vit",
         add_arguments=service.add_families_arguments,
         handler=service.cmd_families,
+    ),
+    "review": Command(
+        help="a run's review queue (answers its served model sent to a person) and the export of their labels",
+        example="ray-app review list <run-name> --status all  |  ray-app review export <run-name> --runs-root ./runs",
+        add_arguments=review.add_review_arguments,
+        handler=review.cmd_review,
     ),
     "runs": Command(
         help="list runs or show one (found by scanning the runs root)",

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from ray_app import __version__
 from ray_app.control_plane import dashboard
 from ray_app.control_plane.deps import require_token
-from ray_app.control_plane.routers import configs, families, insights, runs, service, templates
+from ray_app.control_plane.routers import configs, families, insights, monitor, review, runs, service, templates
 from ray_app.control_plane.service import ControlPlane
 from ray_app.control_plane.settings import ServerSettings
 from ray_app.errors import ConfigError, UserError
@@ -58,7 +58,8 @@ def create_app(settings: ServerSettings | None = None, **options: Any) -> FastAP
         lifespan=lifespan,
     )
     app.state.plane = plane
-    for router in (runs.router, templates.router, families.router, insights.router, configs.router, service.router):
+    for router in (runs.router, templates.router, families.router, insights.router, monitor.router, review.router,
+                   configs.router, service.router):
         app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(require_token)],
                            responses=error_responses(400, 401, 404, 409, 413, 422, 503))
     app.include_router(service.health_router)

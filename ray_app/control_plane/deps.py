@@ -1,5 +1,6 @@
 """FastAPI dependencies: the control plane of this app (`Plane`, the one alias every
-router takes), a run that must exist (`ExistingRun`), and the bearer token."""
+router takes), a run that must exist (`ExistingRun`), a run's review queue
+(`RunReviews`), and the bearer token."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from ray_app.control_plane.service import ControlPlane
+from ray_app.review import ReviewQueue
 
 TOKEN_COOKIE = "ray_app_token"
 
@@ -46,3 +48,11 @@ def require_token(request: Request) -> None:
             detail="send the header 'Authorization: Bearer <token>' (the server's token)",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def review_queue(name: ExistingRun, plane: Plane) -> ReviewQueue:
+    """The review queue of the run `{name}` (404 when there is no such run)."""
+    return ReviewQueue(plane.run(name), plane.settings.runs_root)
+
+
+RunReviews = Annotated[ReviewQueue, Depends(review_queue)]

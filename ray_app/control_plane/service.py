@@ -76,6 +76,10 @@ def absolute_paths(raw: dict[str, Any], base: Path) -> None:
     path = source.get("path")
     if isinstance(path, str) and is_local_path(path) and not Path(path.removeprefix("file://")).is_absolute():
         source["path"] = str((base / path.removeprefix("file://")).resolve())
+    reviewed = (raw.get("data") or {}).get("reviewed")
+    if isinstance(reviewed, list):
+        raw["data"]["reviewed"] = [str((base / p.removeprefix("file://")).resolve()) if isinstance(p, str) and is_local_path(p)
+                                   and not Path(p.removeprefix("file://")).is_absolute() else p for p in reviewed]
     model = raw.get("model") or {}
     preprocessing = model.get("preprocessing") or {}
     tokenizer = preprocessing.get("tokenizer")

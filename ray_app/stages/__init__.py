@@ -15,6 +15,7 @@ timeline never loads torch or Ray.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,7 +47,16 @@ class Stage:
     heading: Callable[[AppConfig], str] | None = None
 
     def fingerprint(self, cfg: AppConfig) -> str:
-        return cfg.fingerprint(*self.sections)
+        """The config sections' fingerprint; with review exports in `data.reviewed`, their
+        content too: an export rewritten in place still makes the splits (and so every
+        later stage) run again."""
+        sections = cfg.fingerprint(*self.sections)
+        if "data" not in self.sections or not cfg.data.reviewed:
+            return sections
+        from ray_app.splits import file_fingerprint
+
+        contents = ",".join(file_fingerprint(path) for path in cfg.data.reviewed)
+        return hashlib.sha256(f"{sections}:{contents}".encode()).hexdigest()[:16]
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         module, _, function = self.runner.partition(":")

@@ -21,9 +21,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 def _split_details(summary: dict[str, Any]) -> dict[str, Any]:
+    """What metadata.json keeps of splits.json: the counts, the duplicates, and the
+    review exports train used (path, sha256, rows), so the run says what it learned from."""
     return {
         "counts": {s: v["count"] for s, v in summary["splits"].items()},
         "duplicates": summary["duplicates"],
+        # Always set: a rerun without exports must not keep an earlier run's list.
+        "reviewed": summary.get("reviewed", []),
     }
 
 

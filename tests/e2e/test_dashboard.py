@@ -258,6 +258,84 @@ def test_the_run_page_follows_training_then_shows_what_the_model_learned(
     console.check()
 
 
+def _inverted(content: bytes) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(255 - np.asarray(Image.open(io.BytesIO(content)))).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_the_monitor_shows_served_answers_and_three_assist_answers_are_labelled_with_the_keyboard(
+    page: tuple[Any, Console], control_plane: ControlPlaneServer, screenshots: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    from tests.helpers.review import answer_and_record
+
+    tab, console = page
+    http, api, run = control_plane.session(), control_plane.api, "smoke_vit_baseline_s1"
+    run_dir = control_plane.runs / run
+    images = [bytes(b) for b in pq.read_table(run_dir / "splits" / "val_test").to_pydict()["image"]]
+    # The trained bundle's real answers, recorded as its Serve replica records them:
+    # val_test digits, then the same digits inverted (inputs it never saw).
+    answered = answer_and_record(run_dir / "bundle", control_plane.runs, images, "in-range")
+    answered += answer_and_record(run_dir / "bundle", control_plane.runs, [_inverted(c) for c in images], "inverted")
+    assist = sum(p.decision == "assist" for p in answered)
+    assert assist >= 3, f"the smoke model sent only {assist} answers to a person"
+
+    tab.goto(f"/runs/{run}")
+    tab.wait_for_selector("#monitor-body:not([hidden])", timeout=60_000)
+    assert tab.inner_text("#monitor-note").startswith(f"{len(answered)} answers")
+    monitor = http.get(f"{api}/runs/{run}/monitor", params={"window_s": 3600}, timeout=30).json()
+    assert monitor["answers"] == len(answered) and monitor["decisions"]["assist"]["count"] == assist
+    banner = tab.inner_text("#monitor-drift")
+    assert ("Drift" in banner) == monitor["drift"]["flagged"], (banner, monitor["drift"])
+    assert ("classes it predicts" in banner) == monitor["drift"]["by_prediction"], banner
+    assert ("calibrated confidences (" in banner) == monitor["drift"]["by_confidence"], banner
+    assert points(tab, "chart-monitor-confidence") == 40 and points(tab, "chart-monitor-decisions") == 3
+    assert points(tab, "chart-monitor-classes") == 10
+    tab.locator("#monitor-card").screenshot(path=str(screenshots / "monitor.png"))
+
+    # The review page: the least confident assist answer first; keys label, skip, undo.
+    tab.click("#review-link")
+    tab.wait_for_url(re.compile(rf"/runs/{run}/review$"))
+    tab.wait_for_selector("#review-item:not([hidden]) #review-input img")
+    assert tab.inner_text("#review-counts").startswith(f"{assist} answers to review")
+    tab.fill("#reviewer", "dana")
+    tab.locator("#reviewer").dispatch_event("change")
+    tab.locator("body").click(position={"x": 5, "y": 5})  # the keys go to the page, not the name field
+    first = tab.get_attribute("#review-item", "data-item")
+    tab.keyboard.press("3")
+    tab.wait_for_function(f"document.getElementById('review-item').dataset.item !== '{first}'")
+    second = tab.get_attribute("#review-item", "data-item")
+    tab.keyboard.press("s")  # skipped, then taken back
+    tab.wait_for_function(f"document.getElementById('review-item').dataset.item !== '{second}'")
+    tab.keyboard.press("u")
+    tab.wait_for_function(f"document.getElementById('review-item').dataset.item === '{second}'")
+    tab.keyboard.press("7")
+    tab.wait_for_function(f"document.getElementById('review-item').dataset.item !== '{second}'")
+    third = tab.get_attribute("#review-item", "data-item")
+    tab.screenshot(path=str(screenshots / "review.png"), full_page=True)
+    tab.keyboard.press("1")
+    tab.wait_for_function("document.getElementById('review-counts').textContent.includes('3 labelled')")
+    labelled = http.get(f"{api}/runs/{run}/review", params={"status": "labelled"}, timeout=30).json()
+    by_item = {item["id"]: item["review"] for item in labelled["items"]}
+    assert {i: (r["label"], r["reviewer"]) for i, r in by_item.items()} == {
+        first: ("3", "dana"), second: ("7", "dana"), third: ("1", "dana")}
+    assert labelled["counts"]["skipped"] == 0  # the skip was undone
+
+    tab.click("#review-export")
+    tab.wait_for_selector("#review-exported:not([hidden])")
+    path = re.search(r"written to (\S+\.parquet)", tab.inner_text("#review-export-result")).group(1)
+    exported = pq.read_table(path).to_pydict()
+    assert sorted(exported["label"]) == ["1", "3", "7"] and len(exported["image"]) == 3
+    console.check()
+
+
 def test_a_launch_into_a_finished_run_is_refused_then_a_new_run_stopped_shows_no_fake_axes(
     page: tuple[Any, Console], control_plane: ControlPlaneServer, plane_smoke: dict[str, Any], screenshots: Path
 ) -> None:

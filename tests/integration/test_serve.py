@@ -1,13 +1,16 @@
 """The Serve app over real HTTP on loopback, serving the smoke run's bundle: answers
 against the bundle itself, batching across callers, reconfigure without a restart,
-the token, and one test per kind of bad request (each a 4xx with a JSON reason, and
-the server still answers afterwards)."""
+the token, every answer recorded in the decision store (and what is still queued
+written when a replica shuts down), and one test per kind of bad request (each a 4xx
+with a JSON reason, and the server still answers afterwards)."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,10 @@ import pytest
 import requests
 from PIL import Image
 
+from calibration.policy import Policy
 from serve.bundle import load_bundle
 from serve.config import ServeConfig
+from serve.decisions import DecisionStore, RecordedAnswer, default_directory_for_bundle
 from serve.predictor import BundlePredictor, PredictInput, PredictRequest
 from tests.helpers.fuzz import fuzz
 
@@ -196,9 +201,124 @@ def test_reconfigure_changes_decisions_without_a_restart(endpoint: str, deploy_a
     assert restored["policy"] == before_meta["policy"] and restored["replica"]["id"] == before_meta["replica"]["id"]
 
 
-def test_a_token_is_required_when_configured(endpoint: str, deploy_apps, serve_port: int, val_test_images) -> None:
+def recorded(store: DecisionStore, request_ids: set[str], expected_rows: int, timeout_s: float = 20.0
+             ) -> list[RecordedAnswer]:
+    """The store's answers to these requests, once all `expected_rows` are there."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        rows = [r for r in store.read() if r.request_id in request_ids]
+        if len(rows) >= expected_rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def test_every_answer_is_recorded_with_its_decision_and_review_input(endpoint: str, deploy_apps, smoke_bundle: Path,
+                                                                      val_test_images) -> None:
+    """Answers land in the default store next to the run (<runs root>/decisions/<run>),
+    as the caller got them; assist and abstain answers keep the input as it was sent."""
     images, _ = val_test_images
-    deploy_apps(smoke=LIMITS, secure={"token": "s3cret-token", "num_replicas": 1})
+    bundle = load_bundle(smoke_bundle)
+    local = BundlePredictor(bundle, max_image_pixels=10**6)
+    logits = local.logits(local.prepare(PredictRequest(inputs=[PredictInput(image=b64(c)) for c in images]), 8))
+    confidences = sorted(bundle.policy.calibrated(logits).max(axis=1).tolist())
+    # a band holding the middle confidences: the least confident abstains, the most accepted
+    low, high = (confidences[0] + confidences[1]) / 2, (confidences[-2] + confidences[-1]) / 2
+    band = Policy(temperature=bundle.policy.temperature, rule="guardrail", center=(low + high) / 2, width=high - low)
+    store = DecisionStore(default_directory_for_bundle(smoke_bundle, bundle.manifest))
+    as_images, as_pixels = f"images-{uuid.uuid4().hex}", f"pixels-{uuid.uuid4().hex}"
+    try:
+        deploy_apps(smoke=LIMITS | {"policy": band.model_dump()})
+        by_image = requests.post(f"{endpoint}/predict", json={"inputs": [{"image": b64(c)} for c in images]},
+                                 headers={"x-request-id": as_images}, timeout=30)
+        by_pixels = requests.post(f"{endpoint}/predict", json={"inputs": [{"pixels": pixels_of(c)} for c in images]},
+                                  headers={"x-request-id": as_pixels}, timeout=30)
+    finally:
+        deploy_apps(smoke=LIMITS)
+    assert by_image.status_code == 200 and by_pixels.status_code == 200, (by_image.text, by_pixels.text)
+    assert by_image.headers["x-request-id"] == as_images  # the caller holds the key to its recorded answers
+    answers = {as_images: by_image.json(), as_pixels: by_pixels.json()}
+    assert {p["decision"] for p in answers[as_images]["predictions"]} == {"accept", "assist", "abstain"}
+
+    rows = recorded(store, set(answers), 2 * len(images))
+    assert len(rows) == 2 * len(images)
+    for row in rows:
+        sent = answers[row.request_id]
+        prediction = sent["predictions"][row.input_index]
+        assert row.model_version == sent["model_version"] == bundle.model_version
+        assert (row.label, row.label_id, row.decision) == (prediction["label"], prediction["label_id"],
+                                                           prediction["decision"])
+        assert row.confidence == pytest.approx(prediction["confidence"], abs=1e-12)
+        assert row.top_k == [(k["label_id"], k["label"], pytest.approx(k["probability"])) for k in prediction["top_k"]]
+        assert Policy.model_validate(row.policy) == band  # the policy in force, after the reconfigure
+        if row.decision == "accept":
+            assert row.input is None
+        elif row.request_id == as_images:
+            assert row.input_kind == "image" and row.input == images[row.input_index]
+        else:
+            assert row.input_kind == "pixels"
+            np.testing.assert_array_equal(row.pixels(), np.asarray(pixels_of(images[row.input_index]), dtype=np.float32))
+    stats = requests.get(f"{endpoint}/metadata", timeout=10).json()["decisions"]
+    assert stats["enabled"] and stats["dropped"] == 0 and stats["failed"] == 0
+    assert Path(stats["file"]).parent == store.directory and stats["recorded"] >= 2 * len(images)
+
+
+def _invert(content: bytes) -> bytes:
+    """The same digit, white on black turned black on white: inputs the model never saw."""
+    image = Image.open(io.BytesIO(content))
+    out = io.BytesIO()
+    Image.fromarray(255 - np.asarray(image)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_the_monitor_flags_shifted_traffic_and_not_traffic_like_the_calibration_data(
+    endpoint: str, smoke_bundle: Path, calibrated
+) -> None:
+    """Served answers, no labels: val_test digits look like val_calib (no drift, the
+    estimated accuracy near the measured one); inverted digits are flagged."""
+    from ray_app.monitoring import monitor_run
+
+    _, run, metrics = calibrated
+    images = [bytes(b) for b in pq.read_table(run.splits_dir / "val_test").to_pydict()["image"]]
+    runs_root = smoke_bundle.parent.parent
+
+    def send(batch: list[bytes]) -> tuple[float, float, set[str]]:
+        started, ids = time.time(), set()
+        for first in range(0, len(batch), LIMITS["max_inputs_per_request"]):
+            chunk = batch[first:first + LIMITS["max_inputs_per_request"]]
+            answer = requests.post(f"{endpoint}/predict", json={"inputs": [{"image": b64(c)} for c in chunk]}, timeout=30)
+            assert answer.status_code == 200, answer.text
+            ids.add(answer.headers["x-request-id"])
+        return started, time.time(), ids
+
+    steady_from, steady_to, steady_ids = send(images * 2)
+    time.sleep(0.05)
+    shifted_from, shifted_to, shifted_ids = send([_invert(c) for c in images] * 2)
+    store = DecisionStore(default_directory_for_bundle(smoke_bundle, load_bundle(smoke_bundle).manifest))
+    assert len(recorded(store, steady_ids | shifted_ids, 4 * len(images))) == 4 * len(images)
+
+    steady = monitor_run(run, runs_root, window_s=steady_to - steady_from + 0.01, now=steady_to + 0.01)
+    shifted = monitor_run(run, runs_root, window_s=shifted_to - shifted_from + 0.01, now=shifted_to + 0.01)
+    assert steady["answers"] == shifted["answers"] == 2 * len(images)
+    assert steady["model_version"] == load_bundle(smoke_bundle).model_version
+    assert not steady["drift"]["flagged"], steady["drift"]
+    assert shifted["drift"]["flagged"], shifted["drift"]
+    assert shifted["drift"]["psi"] > steady["drift"]["psi"]
+    # val_test is what the policy's promise was measured on: the live mix is that promise.
+    for decision in ("accept", "assist", "abstain"):
+        assert steady["decisions"][decision]["rate"] == pytest.approx(steady["decisions"][decision]["promised"], abs=0.03)
+    estimate = steady["estimated_accuracy"]
+    accepted_accuracy = metrics["policy"]["accepted_accuracy"]
+    assert estimate["low"] - 0.1 <= accepted_accuracy <= estimate["high"] + 0.1, (estimate, accepted_accuracy)
+
+
+def test_a_token_is_required_when_configured(endpoint: str, deploy_apps, serve_port: int, val_test_images,
+                                             tmp_path: Path) -> None:
+    """Also: removing an app shuts its replica down cleanly, and answers it still had
+    queued (its flush interval is far longer than the test) are written then."""
+    images, _ = val_test_images
+    store = DecisionStore(tmp_path / "secure-decisions")
+    deploy_apps(smoke=LIMITS, secure={"token": "s3cret-token", "num_replicas": 1,
+                                      "decisions": {"directory": str(store.directory), "flush_interval_s": 60}})
     url = f"http://127.0.0.1:{serve_port}/secure"
     payload = {"inputs": [{"image": b64(images[0])}]}
     try:
@@ -211,9 +331,15 @@ def test_a_token_is_required_when_configured(endpoint: str, deploy_apps, serve_p
         right = requests.post(f"{url}/predict", json=payload, headers={"Authorization": "Bearer s3cret-token"}, timeout=30)
         assert right.status_code == 200 and len(right.json()["predictions"]) == 1
         assert requests.get(f"{url}/healthz", timeout=10).status_code == 200  # probes need no token
+        assert store.read() == []  # answered, but still queued in the replica
     finally:
         deploy_apps(smoke=LIMITS)
     assert requests.get(f"{url}/healthz", timeout=10).status_code == 404  # the secure app is gone
+    rows = recorded(store, {right.headers["x-request-id"]}, 1)
+    assert len(rows) == 1, "the answer still queued when the replica shut down was not written"
+    [row] = rows
+    assert row.decision == right.json()["predictions"][0]["decision"]
+    assert row.confidence == pytest.approx(right.json()["predictions"][0]["confidence"], abs=1e-12)
     assert requests.get(f"{endpoint}/healthz", timeout=10).status_code == 200
 
 
@@ -263,7 +389,7 @@ BAD_REQUESTS: dict[str, tuple[bytes, int, str, str]] = {
     "truncated_image": (json.dumps({"inputs": [{"image": b64(TRUNCATED_PNG)}]}).encode(), 422, "invalid input",
                         "inputs[0].image could not be decoded"),
     "oversize_body": (json.dumps({"inputs": [{"image": "A" * 70_000}]}).encode(), 413, "request too large",
-                      "over the limit of 65536 bytes"),
+                      "over the limit of 65,536 bytes"),
 }
 
 

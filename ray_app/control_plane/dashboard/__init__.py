@@ -67,8 +67,7 @@ def launch_page(request: Request) -> Response:
     return _page(request, "launch.html", "Launch a run", "launch")
 
 
-@router.get("/runs/{name}")
-def run_page(request: Request, name: str) -> Response:
+def _run_page(request: Request, name: str, template: str, title: str) -> Response:
     # The page's status says whether the run exists, so a link to a run that does not is
     # a 404 a browser, a crawler or a test can see (not an empty page of panels).
     try:
@@ -78,7 +77,17 @@ def run_page(request: Request, name: str) -> Response:
     except NotFound as exc:
         return _page(request, "missing.html", "Not found", "runs", status_code=404,
                      message=f"{exc}. Every run is on the Runs page.")
-    return _page(request, "run.html", name, "runs", run=name)
+    return _page(request, template, title, "runs", run=name)
+
+
+@router.get("/runs/{name}")
+def run_page(request: Request, name: str) -> Response:
+    return _run_page(request, name, "run.html", name)
+
+
+@router.get("/runs/{name}/review")
+def review_page(request: Request, name: str) -> Response:
+    return _run_page(request, name, "review.html", f"Review {name}")
 
 
 @router.get("/compare")

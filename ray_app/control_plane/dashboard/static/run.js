@@ -337,6 +337,84 @@ async function showStoryboard(board) {
   box.replaceChildren(legend, ...sections, pairs.length ? h("section", { class: "story" }, h("h3", { text: "Most confused classes" }), h("ul", {}, pairs)) : "");
 }
 
+// --- monitor ------------------------------------------------------------------------------
+
+// How the served model is doing: drift of its confidences from val_calib's, the decision
+// mix against the policy's promise, the accuracy estimated from calibrated confidences.
+async function showMonitor() {
+  const windowS = document.getElementById("monitor-window").value;
+  const versionSelect = document.getElementById("monitor-version");
+  const version = versionSelect.value ? `&model_version=${encodeURIComponent(versionSelect.value)}` : "";
+  let view;
+  try {
+    view = await api(`${path}/monitor?window_s=${windowS}${version}`);
+  } catch (error) {
+    document.getElementById("monitor-body").hidden = true;
+    const empty = document.getElementById("monitor-empty");
+    empty.hidden = false;
+    empty.textContent = `The monitor could not be read: ${error.message}`;
+    return;
+  }
+  const shown = view.versions.length ? view.versions : [view.model_version].filter(Boolean);
+  if (versionSelect.options.length !== shown.length) {
+    versionSelect.replaceChildren(...shown.map((v) => h("option", { value: v, text: v })));
+    if (view.model_version) versionSelect.value = view.model_version;
+  }
+  const label = document.getElementById("monitor-window").selectedOptions[0].textContent;
+  document.getElementById("monitor-note").textContent = `${plural(view.answers, "answer")} in the ${label}`;
+  const empty = document.getElementById("monitor-empty");
+  empty.hidden = view.answers > 0;
+  document.getElementById("monitor-body").hidden = view.answers === 0;
+  if (view.answers === 0) {
+    empty.textContent = `No recorded answers in the ${label}. Serve the bundle (the command above) and every answer it `
+      + "gives shows here: its decision mix, its confidences against the calibration data's, its estimated accuracy.";
+    return;
+  }
+  const drift = view.drift;
+  const banner = document.getElementById("monitor-drift");
+  banner.className = drift.flagged ? "errors" : "notice";
+  const p = (value) => (value < 0.01 ? value.toExponential(1) : num(value, 2));
+  const confidenceSays = `confidences PSI ${num(drift.psi, 2)}, KS p ${p(drift.ks_p_value)}`;
+  const predictionSays = `predicted classes PSI ${num(drift.prediction_psi, 2)}, χ² p ${p(drift.chi2_p_value)}`;
+  const moved = [
+    drift.by_confidence ? `its calibrated confidences (PSI ${num(drift.psi, 2)}, KS p ${p(drift.ks_p_value)}) moved away from val_calib's` : null,
+    drift.by_prediction ? `the classes it predicts (PSI ${num(drift.prediction_psi, 2)}, χ² p ${p(drift.chi2_p_value)}) moved away from val_test's` : null,
+  ].filter(Boolean);
+  banner.textContent = drift.flagged
+    ? `Drift: ${moved.join(", and ")} (flagged at PSI > ${num(drift.psi_threshold, 2)} with p < ${drift.p_threshold}). `
+      + "The inputs no longer look like the data the model was checked on; the accuracy estimate may not hold."
+    : `No drift: ${confidenceSays}; ${predictionSays} (flagged at PSI > ${num(drift.psi_threshold, 2)} with p < ${drift.p_threshold}).`;
+  const estimate = view.estimated_accuracy;
+  const measured = view.measured_accuracy;
+  document.getElementById("monitor-stats").replaceChildren(
+    stat("Answers / s", num(view.request_rate, 2)),
+    stat("Estimated accuracy (accepted)", estimate.estimate === null ? "–" : `${pct(estimate.estimate)} (${pct(estimate.low)}–${pct(estimate.high)})`,
+      "Mean calibrated confidence of the accepted answers; the range adds the sampling spread and val_calib's ECE."),
+    stat("Accepted accuracy on val_test", num(detail.evaluation && detail.evaluation.policy && detail.evaluation.policy.accepted_accuracy)),
+    stat("Measured on reviewed answers", measured ? `${pct(measured.accuracy)} of ${measured.n}` : "none reviewed"),
+  );
+  const shares = (counts) => { const total = counts.reduce((a, b) => a + b, 0) || 1; return counts.map((c) => c / total); };
+  const centers = view.confidence.edges.slice(0, -1).map((e, i) => (e + view.confidence.edges[i + 1]) / 2);
+  Plotly.react("chart-monitor-confidence", [
+    { x: centers, y: shares(view.confidence.reference), type: "bar", name: "val_calib", marker: { color: "#9ca3af" }, opacity: 0.7 },
+    { x: centers, y: shares(view.confidence.live), type: "bar", name: "live", marker: { color: PALETTE[0] }, opacity: 0.7 },
+  ], layout("Calibrated confidence: live vs val_calib", { x: "calibrated confidence", y: "share of answers",
+    extra: { barmode: "overlay", bargap: 0.05 } }), PLOT_CONFIG);
+  Plotly.react("chart-monitor-classes", [
+    { x: view.label_names, y: shares(view.predicted.reference), type: "bar", name: "val_test", marker: { color: "#9ca3af" } },
+    { x: view.label_names, y: shares(view.predicted.live), type: "bar", name: "live", marker: { color: PALETTE[0] } },
+  ], layout("Predicted classes: live vs val_test", { x: "predicted class", y: "share of answers",
+    extra: { barmode: "group", xaxis: { type: "category", title: { text: "predicted class" } } } }), PLOT_CONFIG);
+  const names = ["accept", "assist", "abstain"];
+  const rates = names.map((d) => view.decisions[d]);
+  Plotly.react("chart-monitor-decisions", [
+    { x: names, y: rates.map((r) => r.rate), type: "bar", name: "live (95% interval)", marker: { color: names.map((d) => ({ accept: "#16a34a", assist: "#ca8a04", abstain: "#dc2626" })[d]) },
+      error_y: { type: "data", symmetric: false, array: rates.map((r) => r.high - r.rate), arrayminus: rates.map((r) => r.rate - r.low) } },
+    { x: names, y: rates.map((r) => r.promised), type: "scatter", mode: "markers", name: "promised on val_test",
+      marker: { symbol: "line-ew-open", size: 36, color: "#111827", line: { width: 3 } } },
+  ], layout("Decision mix: live vs the policy's promise", { x: "decision", y: "share of answers", extra: { yaxis: { range: [0, 1], title: { text: "share of answers" } } } }), PLOT_CONFIG);
+}
+
 async function showFinished(run) {
   document.getElementById("finished").hidden = false;
   showSummary(run);
@@ -344,8 +422,12 @@ async function showFinished(run) {
   showCalibration(views);
   await showStoryboard(board);
   await showMap();
+  await showMonitor();
+  setInterval(() => showMonitor().catch(() => {}), 10_000);  // the window slides
 }
 
+document.getElementById("monitor-window").addEventListener("change", () => showMonitor().catch((e) => toast(e.message, "error")));
+document.getElementById("monitor-version").addEventListener("change", () => showMonitor().catch((e) => toast(e.message, "error")));
 document.getElementById("map-color").addEventListener("change", () => showMap().catch((e) => toast(e.message, "error")));
 document.getElementById("map-method").addEventListener("change", () => showMap().catch((e) => toast(e.message, "error")));
 window.addEventListener("beforeunload", () => streams.forEach((s) => s.close()));

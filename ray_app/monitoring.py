@@ -1,0 +1,91 @@
+"""How a served model is doing, without labels: the recorded answers of a run's bundle
+(`serve.decisions`) over a sliding window, against what the run's calibration promised
+(`calibration.monitor`: drift, estimated accuracy, decision mix).
+
+The reference comes from the run's own files: val_calib's confidence histogram from the
+calibration views, the decision rates the policy gave on val_test from the evaluation,
+and the ECE after temperature on val_calib. No split is read again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calibration.monitor import ConfidenceReference, monitor_window
+from ray_app.errors import NotReady
+from ray_app.review import ReviewQueue
+from ray_app.runs import Run
+from serve.decisions import DecisionStore, store_directory
+
+# PSI above this (with the KS test rejecting) flags drift: 0.2 sits between the usual
+# "moderate" (0.1) and "significant" (0.25) readings of the index.
+DEFAULT_DRIFT_PSI = 0.2
+
+
+def _json(path: Any, what: str, run: Run) -> dict[str, Any]:
+    if not path.is_file():
+        raise NotReady(f"run '{run.name}' has no {what} yet ({path}): it needs a calibrated, evaluated run "
+                       f"(ray-app run <config>)")
+    return json.loads(path.read_text())
+
+
+def confidence_reference(run: Run) -> ConfidenceReference:
+    """What the run's calibration promised (see the module)."""
+    views = _json(run.calibration.views, "calibration views", run)
+    evaluation = _json(run.evaluation, "val_test evaluation", run)
+    temperature = _json(run.calibration.temperature, "temperature", run)
+    policy = evaluation["policy"]
+    promised = {"accept": policy["coverage"], "assist": policy["assist_rate"], "abstain": policy["abstain_rate"]}
+    return ConfidenceReference.from_views(views, promised, temperature["after"]["ece"],
+                                          evaluation["confusion_matrix"]["matrix"])
+
+
+def served_versions(run: Run, store: DecisionStore) -> list[str]:
+    """The model versions of this run that answered, newest bundle first when known."""
+    versions = sorted(store.counts())
+    current = bundle_version(run)
+    return sorted(versions, key=lambda v: (v != current, v))
+
+
+def bundle_version(run: Run) -> str | None:
+    manifest = run.bundle_dir / "bundle.json"
+    return json.loads(manifest.read_text()).get("model_version") if manifest.is_file() else None
+
+
+def reviewed_correct(run: Run, runs_root: Any, model_version: str | None, since: float, until: float) -> np.ndarray:
+    """Whether each answer of the window that a person labelled was right (skips left
+    out). Reviewed answers are the assist band's, so their accuracy sits below the
+    accepted answers' by design: it checks the band, and the labels keep coming."""
+    reviews = ReviewQueue(run, Path(runs_root)).reviews(model_version)
+    return np.array([r.label == r.prediction for r in reviews.values()
+                     if not r.skipped and since <= r.answered_at < until], dtype=bool)
+
+
+def monitor_run(run: Run, runs_root: Any, window_s: float, model_version: str | None = None,
+                drift_psi: float = DEFAULT_DRIFT_PSI, now: float | None = None) -> dict[str, Any]:
+    """The monitor of a run's served model over the last `window_s` seconds: the answers
+    of `model_version` (default: the run's bundle, else the version that answered)."""
+    reference = confidence_reference(run)
+    store = DecisionStore(store_directory(runs_root, run.name))
+    versions = served_versions(run, store)
+    version = model_version or (versions[0] if versions else bundle_version(run))
+    until = time.time() if now is None else now
+    answers = store.read(model_version=version, since=until - window_s, until=until, with_inputs=False)
+    confidence = np.array([a.confidence for a in answers], dtype=np.float64)
+    decisions = np.array([a.decision for a in answers], dtype=str)
+    predictions = np.array([a.label_id for a in answers], dtype=np.int64)
+    window = monitor_window(reference, confidence, decisions, predictions, window_s, drift_psi,
+                            reviewed_correct=reviewed_correct(run, runs_root, version, until - window_s, until))
+    label_names = evaluation_labels(run)
+    return {"run": run.name, "model_version": version, "versions": versions, "until": until,
+            "label_names": label_names, **window}
+
+
+def evaluation_labels(run: Run) -> list[str]:
+    """The class names, in label-id order, as the evaluation recorded them."""
+    return [str(name) for name in _json(run.evaluation, "val_test evaluation", run)["confusion_matrix"]["labels"]]
