@@ -83,7 +83,18 @@ def monitor_run(run: Run, runs_root: Any, window_s: float, model_version: str | 
                             reviewed_correct=reviewed_correct(run, runs_root, version, until - window_s, until))
     label_names = evaluation_labels(run)
     return {"run": run.name, "model_version": version, "versions": versions, "until": until,
-            "label_names": label_names, **window}
+            "label_names": label_names, "latency_ms": request_latency(answers), **window}
+
+
+def request_latency(answers: list[Any]) -> dict[str, Any]:
+    """Percentiles of the replicas' time to answer, per request (every input of a
+    request shares its request's latency, so it counts once)."""
+    per_request = {(a.writer, a.request_id, a.answered_at): a.latency_ms for a in answers if a.latency_ms is not None}
+    values = np.array(list(per_request.values()), dtype=np.float64)
+    if not len(values):
+        return {"requests": 0, "p50": None, "p95": None, "p99": None}
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"requests": int(len(values)), "p50": float(p50), "p95": float(p95), "p99": float(p99)}
 
 
 def evaluation_labels(run: Run) -> list[str]:

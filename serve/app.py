@@ -154,6 +154,7 @@ class ClassifierDeployment:
         return results
 
     async def predict(self, request: PredictRequest, request_id: str) -> PredictResponse:
+        started = time.perf_counter()
         inputs = self.predictor.prepare(request, self.config.max_inputs_per_request)
         self.stats["requests"] += 1
         results = await asyncio.gather(*(self.forward_batch(x) for x in inputs))
@@ -166,7 +167,8 @@ class ClassifierDeployment:
         predictions = self.predictor.answer(np.stack(results), policy, request.top_k or self.top_k)
         model_version = self.predictor.bundle.model_version
         if self.recorder is not None:
-            self.recorder.record(request_id, model_version, policy, predictions, request.inputs, inputs)
+            self.recorder.record(request_id, model_version, policy, predictions, request.inputs, inputs,
+                                 latency_ms=1000 * (time.perf_counter() - started))
         return PredictResponse(model_version=model_version, predictions=predictions)
 
     def metadata(self) -> dict[str, Any]:

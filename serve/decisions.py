@@ -90,7 +90,8 @@ CREATE TABLE IF NOT EXISTS answers (
     top_k TEXT NOT NULL,
     policy_id INTEGER NOT NULL REFERENCES policies(id),
     input_kind TEXT,
-    input BLOB
+    input BLOB,
+    latency_ms REAL
 );
 CREATE INDEX IF NOT EXISTS answers_by_time ON answers (answered_at);
 CREATE INDEX IF NOT EXISTS answers_by_decision ON answers (decision, answered_at);
@@ -128,6 +129,7 @@ class _AnsweredRequest:
     predictions: Sequence[Prediction]
     inputs: Sequence[PredictInput]
     prepared: Sequence[ModelInput]
+    latency_ms: float | None
 
 
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
@@ -211,12 +213,15 @@ class DecisionRecorder:
 
     # --- the request path ---
     def record(self, request_id: str, model_version: str, policy: Policy, predictions: Sequence[Prediction],
-               inputs: Sequence[PredictInput], prepared: Sequence[ModelInput]) -> None:
-        """Queue one request's answers (cheap: no copy, no serialisation, no I/O)."""
+               inputs: Sequence[PredictInput], prepared: Sequence[ModelInput], latency_ms: float | None = None) -> None:
+        """Queue one request's answers (cheap: no copy, no serialisation, no I/O).
+        `latency_ms`: how long the replica took to answer the request (the monitor's
+        latency; HTTP in front of the replica is not in it)."""
         if self.queue.qsize() >= self.settings.max_queued_requests or self.stopping.is_set():
             self.dropped += len(predictions)
             return
-        self.queue.put(_AnsweredRequest(time.time(), request_id, model_version, policy, predictions, inputs, prepared))
+        self.queue.put(_AnsweredRequest(time.time(), request_id, model_version, policy, predictions, inputs, prepared,
+                                        latency_ms))
 
     def stats(self) -> dict[str, Any]:
         return {"enabled": True, "file": str(self.path), "recorded": self.recorded, "dropped": self.dropped,
@@ -288,8 +293,8 @@ class DecisionRecorder:
                     top_k = json.dumps([[k.label_id, k.label, k.probability] for k in prediction.top_k])
                     rows.append((request.answered_at, request.request_id, index, request.model_version,
                                  prediction.label, prediction.label_id, prediction.confidence, prediction.decision,
-                                 top_k, policy_id, kind, content))
-            self.connection.executemany("INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                                 top_k, policy_id, kind, content, request.latency_ms))
+            self.connection.executemany("INSERT INTO answers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         self.recorded += len(rows)
         self.flushes += 1
         return len(rows)
@@ -446,6 +451,7 @@ class RecordedAnswer:
     input_kind: InputKind | None
     input: str | bytes | None
     writer: str
+    latency_ms: float | None = None  # the replica's time to answer the whole request
 
     def pixels(self) -> np.ndarray:
         """The pixel rows of a kept `pixels` input."""
@@ -488,7 +494,8 @@ class DecisionStore:
         if limit is not None and limit < 1:
             raise ValueError(f"limit must be at least 1 (got {limit})")
         columns = ("a.answered_at, a.request_id, a.input_index, a.model_version, a.label, a.label_id, a.confidence, "
-                   "a.decision, a.top_k, p.policy, " + ("a.input_kind, a.input" if with_inputs else "NULL, NULL"))
+                   "a.decision, a.top_k, p.policy, " + ("a.input_kind, a.input" if with_inputs else "NULL, NULL")
+                   + ", a.latency_ms")
         sql = (f"SELECT {columns} FROM answers a JOIN policies p ON p.id = a.policy_id {where} "
                f"ORDER BY a.{order_by}, a.rowid" + (f" LIMIT {int(limit)}" if limit else ""))
         key_index = 0 if order_by == "answered_at" else 6
@@ -555,8 +562,9 @@ class DecisionStore:
     @staticmethod
     def _answer(row: tuple[Any, ...], writer: str) -> RecordedAnswer:
         (answered_at, request_id, index, version, label, label_id, confidence, decision, top_k, policy, kind,
-         content) = row
+         content, latency_ms) = row
         return RecordedAnswer(answered_at=answered_at, request_id=request_id, input_index=index, model_version=version,
                               label=label, label_id=label_id, confidence=confidence, decision=decision,
                               top_k=[(int(i), str(n), float(p)) for i, n, p in json.loads(top_k)],
-                              policy=json.loads(policy), input_kind=kind, input=content, writer=writer)
+                              policy=json.loads(policy), input_kind=kind, input=content, writer=writer,
+                              latency_ms=latency_ms)

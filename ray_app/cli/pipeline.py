@@ -67,6 +67,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     with run_console(ctx, args) as console:
         run_pipeline(ctx, (CALIBRATE,), rerun_from=CALIBRATE.name)
+        # The run now holds a calibration made with this config (overrides included):
+        # its config.yaml says so, so it describes what the run is.
+        ctx.run.prepare(ctx.cfg)
         for line in calibration_lines(ctx.run, ctx.run.stage_info(CALIBRATE.name)):
             console.print(line)
     return 0
@@ -91,6 +94,7 @@ def cmd_insights(args: argparse.Namespace) -> int:
 
     with run_console(ctx, args) as console:
         run_pipeline(ctx, (INSIGHTS,), rerun_from=INSIGHTS.name)
+        ctx.run.prepare(ctx.cfg)  # as for calibrate: config.yaml describes the insights made
         info = ctx.run.stage_info(INSIGHTS.name)
         if info.get("disabled"):
             console.print(f"run {ctx.run.name}: insights are off (insights.enabled: false)")

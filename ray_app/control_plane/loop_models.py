@@ -65,6 +65,13 @@ class MeasuredAccuracy(BaseModel):
     high: float = Field(description="Upper end.")
 
 
+class RequestLatency(BaseModel):
+    requests: int = Field(description="Requests with a recorded latency in the window.")
+    p50: float | None = Field(description="Median time a replica took to answer a request, in ms.")
+    p95: float | None = Field(description="95th percentile, in ms.")
+    p99: float | None = Field(description="99th percentile, in ms.")
+
+
 class MonitorWindow(BaseModel):
     run: str = Field(description="The run whose bundle answered.")
     model_version: str | None = Field(description="The model version the window is about (null: none answered).")
@@ -73,6 +80,7 @@ class MonitorWindow(BaseModel):
     window_s: float = Field(description="Length of the window in seconds.")
     answers: int = Field(description="Answers recorded in the window.")
     request_rate: float | None = Field(description="Answers per second over the window.")
+    latency_ms: RequestLatency = Field(description="How long the replicas took to answer (HTTP in front not included).")
     decisions: DecisionMix = Field(description="The decision mix against the policy's promise.")
     label_names: list[str] = Field(description="Class names in label-id order.")
     confidence: ConfidenceHistogram = Field(description="Live calibrated confidences against val_calib's.")

@@ -201,6 +201,8 @@ def test_runs_list_show_calibrate_evaluate_resume_and_serve(smoke_cli_run) -> No
     assert calibrated.returncode == 0, calibrated.stderr[-3000:]
     assert "policy:  threshold" in calibrated.stdout
     assert (root / "smoke_vit_baseline_s0" / "calibration" / "report.md").is_file()
+    recorded = yaml.safe_load((root / "smoke_vit_baseline_s0" / "config.yaml").read_text())
+    assert recorded["calibration"]["policy"] == "threshold"  # config.yaml describes the run as it now is
     evaluated = cli("evaluate", str(SMOKE), "-o", f"storage.root={root}", "-o", "training.epochs=2")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "policy threshold: coverage" in evaluated.stdout

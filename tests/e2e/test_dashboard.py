@@ -298,6 +298,7 @@ def test_the_monitor_shows_served_answers_and_three_assist_answers_are_labelled_
     assert ("calibrated confidences (" in banner) == monitor["drift"]["by_confidence"], banner
     assert points(tab, "chart-monitor-confidence") == 40 and points(tab, "chart-monitor-decisions") == 3
     assert points(tab, "chart-monitor-classes") == 10
+    assert re.search(r"LATENCY P50 / P99\s+[0-9.]+ / [0-9.]+ ms", tab.inner_text("#monitor-stats"), re.IGNORECASE)
     tab.locator("#monitor-card").screenshot(path=str(screenshots / "monitor.png"))
 
     # The review page: the least confident assist answer first; keys label, skip, undo.

@@ -88,14 +88,18 @@ def answer_and_record(bundle_dir: Path, runs_root: Path, images: list[bytes], re
     from serve.decisions import default_directory_for_bundle
     from serve.predictor import BundlePredictor, PredictRequest
 
+    import time
+
     bundle = load_bundle(bundle_dir)
     predictor = BundlePredictor(bundle, max_image_pixels=10**6)
+    started = time.perf_counter()
     request = PredictRequest(inputs=[PredictInput(image=base64.b64encode(c).decode()) for c in images])
     prepared = predictor.prepare(request, max_inputs=len(images))
     logits = np.stack(predictor.logits_or_errors(prepared))  # type: ignore[arg-type]
     predictions = predictor.answer(logits, bundle.policy, top_k=3)
     recorder = DecisionRecorder(default_directory_for_bundle(bundle_dir, bundle.manifest), DecisionRecording(),
                                 f"test-{request_id}")
-    recorder.record(request_id, bundle.model_version, bundle.policy, predictions, request.inputs, prepared)
+    recorder.record(request_id, bundle.model_version, bundle.policy, predictions, request.inputs, prepared,
+                    latency_ms=1000 * (time.perf_counter() - started))
     recorder.close()
     return predictions

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,8 +138,9 @@ def test_a_stopped_run_is_stopped_and_can_be_deleted(
         [sys.executable, "-m", "ray_app", "submit", str(SMOKE), "-o", "training.epochs=50", "--on-exists", "new",
          "--server", control_plane.url], capture_output=True, text=True, timeout=300, env=env, cwd=REPO, check=False)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    run = f"{trained['run']}-2"
-    assert submitted.stdout.startswith(f"run {run} · job ")
+    # The next free name: -2 unless another test of the session took it first.
+    run = re.match(r"run (\S+) · job ", submitted.stdout).group(1)
+    assert re.fullmatch(rf"{trained['run']}-\d+", run), submitted.stdout
     # The curl hints work as printed: they carry the token header (the variable, never the token).
     follow = next(line for line in submitted.stdout.splitlines() if "follow:" in line)
     assert follow.strip() == (f'follow: curl -N -H "Authorization: Bearer $RAY_APP_SERVER_TOKEN" '

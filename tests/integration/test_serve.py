@@ -276,6 +276,7 @@ def test_the_monitor_flags_shifted_traffic_and_not_traffic_like_the_calibration_
     """Served answers, no labels: val_test digits look like val_calib (no drift, the
     estimated accuracy near the measured one); inverted digits are flagged."""
     from ray_app.monitoring import monitor_run
+    from ray_app.review import ReviewQueue
 
     _, run, metrics = calibrated
     images = [bytes(b) for b in pq.read_table(run.splits_dir / "val_test").to_pydict()["image"]]
@@ -309,6 +310,13 @@ def test_the_monitor_flags_shifted_traffic_and_not_traffic_like_the_calibration_
     estimate = steady["estimated_accuracy"]
     accepted_accuracy = metrics["policy"]["accepted_accuracy"]
     assert estimate["low"] - 0.1 <= accepted_accuracy <= estimate["high"] + 0.1, (estimate, accepted_accuracy)
+    # Each request's latency counts once; the replica took some time to answer it.
+    assert steady["latency_ms"]["requests"] == len(steady_ids) and 0 < steady["latency_ms"]["p50"] < 30_000
+    # The assist answers of both windows wait for a person in the run's review queue.
+    queue = ReviewQueue(run, runs_root).queue(("assist",), status="pending", limit=500)
+    queued = [item for item in queue["items"] if steady_from <= item["answered_at"] <= shifted_to]
+    assert len(queued) == steady["decisions"]["assist"]["count"] + shifted["decisions"]["assist"]["count"] > 0
+    assert [item["confidence"] for item in queued] == sorted(item["confidence"] for item in queued)
 
 
 def test_a_token_is_required_when_configured(endpoint: str, deploy_apps, serve_port: int, val_test_images,

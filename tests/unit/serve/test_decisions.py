@@ -102,7 +102,7 @@ def test_answers_are_queued_then_written_in_one_batch_with_review_inputs(image_p
     store = DecisionStore(tmp_path)
     try:
         started = time.time()
-        recorder.record("req-1", "tiny@abc", policy, predictions, request.inputs, prepared)
+        recorder.record("req-1", "tiny@abc", policy, predictions, request.inputs, prepared, latency_ms=12.5)
         recorder.record("req-2", "tiny@abc", policy, predictions[:2], request.inputs[:2], prepared[:2])
         assert store.read() == []  # queued only: nothing written on the request path
         assert recorder.flush() == 8 and recorder.flushes == 1  # both requests, one transaction
@@ -110,6 +110,7 @@ def test_answers_are_queued_then_written_in_one_batch_with_review_inputs(image_p
         recorder.close()
     rows = store.read(model_version="tiny@abc")
     assert [(r.request_id, r.input_index) for r in rows] == [("req-1", i) for i in range(6)] + [("req-2", 0), ("req-2", 1)]
+    assert [r.latency_ms for r in rows] == [12.5] * 6 + [None, None]  # the request's, on each of its answers
     for row, prediction, index in zip(rows, predictions, range(6), strict=False):
         assert started <= row.answered_at <= time.time()
         assert (row.label, row.label_id, row.decision) == (prediction.label, prediction.label_id, prediction.decision)

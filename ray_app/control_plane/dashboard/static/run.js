@@ -388,6 +388,8 @@ async function showMonitor() {
   const measured = view.measured_accuracy;
   document.getElementById("monitor-stats").replaceChildren(
     stat("Answers / s", num(view.request_rate, 2)),
+    stat("Latency p50 / p99", view.latency_ms.requests ? `${num(view.latency_ms.p50, 1)} / ${num(view.latency_ms.p99, 1)} ms` : "–",
+      "How long a replica took to answer a request (the HTTP in front of it not included)."),
     stat("Estimated accuracy (accepted)", estimate.estimate === null ? "–" : `${pct(estimate.estimate)} (${pct(estimate.low)}–${pct(estimate.high)})`,
       "Mean calibrated confidence of the accepted answers; the range adds the sampling spread and val_calib's ECE."),
     stat("Accepted accuracy on val_test", num(detail.evaluation && detail.evaluation.policy && detail.evaluation.policy.accepted_accuracy)),
