@@ -812,7 +812,7 @@ def recording_ab(name: str, directory: Path, args: argparse.Namespace) -> dict[s
     from ray_app.cli.serve import deploy
     from ray_app.ray_runtime import serve_environment
     from serve.config import ServeConfig
-    from serve.decisions import DecisionStore
+    from serve.decision_store import DecisionStore
 
     log(f"--- recording A/B on {name}: building the bundle and inputs")
     workload = BUILDERS[name](directory / name)

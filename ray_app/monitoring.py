@@ -20,7 +20,8 @@ from calibration.monitor import ConfidenceReference, monitor_window
 from ray_app.errors import NotReady
 from ray_app.review import ReviewQueue
 from ray_app.runs import Run
-from serve.decisions import DecisionStore, store_directory
+from serve.decision_store import DecisionStore
+from serve.decisions import store_directory
 
 # PSI above this (with the KS test rejecting) flags drift: 0.2 sits between the usual
 # "moderate" (0.1) and "significant" (0.25) readings of the index.

@@ -57,7 +57,8 @@ from ray_app.insights.examples import DEFAULT_THUMBNAIL_PX, MAX_THUMBNAIL_PX, th
 from ray_app.runs import Run, write_json
 from ray_app.splits import SUMMARY_FILE, file_fingerprint
 from serve.bundle import MANIFEST
-from serve.decisions import DecisionStore, RecordedAnswer, store_directory
+from serve.decision_store import DecisionStore, RecordedAnswer
+from serve.decisions import store_directory
 
 REVIEWS_DIR = "reviews"
 LABELS_FILE = "labels.sqlite"

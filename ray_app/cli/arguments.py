@@ -43,7 +43,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_on_exists_argument(parser: argparse.ArgumentParser, default: str = "refuse") -> None:
-    from ray_app.runs import ON_EXISTS_CHOICES
+    from ray_app.existing_runs import ON_EXISTS_CHOICES
 
     parser.add_argument(
         "--on-exists",
@@ -80,7 +80,7 @@ def load_context(args: argparse.Namespace) -> StageContext:
     from ray_app.stages.context import StageContext
 
     if getattr(args, "on_exists", None) is not None:
-        from ray_app.runs import claim_run
+        from ray_app.existing_runs import claim_run
 
         cfg = claim_run(cfg, args.on_exists)
 

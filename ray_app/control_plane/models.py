@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ray_app.runs import OnExists
+from ray_app.existing_runs import OnExists
 from trainers.schema import StrictModel
 
 ON_EXISTS_DESCRIPTION = (

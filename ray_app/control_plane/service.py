@@ -30,15 +30,8 @@ from ray_app.control_plane.index import RunIndex
 from ray_app.control_plane.jobs import ACTIVE_STATES, JobLauncher, JobServerUnavailable
 from ray_app.control_plane.settings import ServerSettings
 from ray_app.errors import Conflict, InvalidName, NotFound, RunExists, Unavailable
-from ray_app.runs import (
-    LAUNCH_ENV,
-    OnExists,
-    Run,
-    config_changes,
-    next_free_name,
-    run_exists_message,
-    with_run_name,
-)
+from ray_app.existing_runs import OnExists, config_changes, next_free_name, run_exists_message, with_run_name
+from ray_app.runs import LAUNCH_ENV, Run
 from ray_app.templates import TemplateNotFound, TemplateStore, template_record
 from trainers.families import family_and_params
 

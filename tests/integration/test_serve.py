@@ -24,7 +24,8 @@ from PIL import Image
 from calibration.policy import Policy
 from serve.bundle import load_bundle
 from serve.config import ServeConfig
-from serve.decisions import DecisionStore, RecordedAnswer, default_directory_for_bundle
+from serve.decision_store import DecisionStore, RecordedAnswer
+from serve.decisions import default_directory_for_bundle
 from serve.predictor import BundlePredictor, PredictInput, PredictRequest
 from tests.helpers.fuzz import fuzz
 

@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
 import pytest
+import yaml
 
 from calibration.policy import Policy
 from ray_app.config import run_name
 from ray_app.errors import NotReady, RunExists, UserError
+from ray_app.existing_runs import claim_run
 from ray_app.runs import (
     InsightsLayout,
     Run,
-    claim_run,
     find_runs,
     resolve_run,
     staged_directory,

@@ -22,9 +22,9 @@ from pydantic import ValidationError
 from calibration.policy import Policy
 from serve.bundle import export_bundle, load_bundle
 from serve.config import DecisionRecording, ServeConfig
+from serve.decision_store import DecisionStore
 from serve.decisions import (
     DecisionRecorder,
-    DecisionStore,
     default_directory_for_bundle,
     open_recorder,
     store_directory,
@@ -302,7 +302,7 @@ def test_a_crashed_writer_loses_only_its_unflushed_tail_and_a_torn_tail_is_ignor
     # a writer that died before its first commit, and a file that is not SQLite at all
     (crashed / "empty.sqlite").write_bytes(b"")
     (crashed / "garbage.sqlite").write_bytes(b"not a database" * 100)
-    with caplog.at_level(logging.WARNING, logger="serve.decisions"):
+    with caplog.at_level(logging.WARNING, logger="serve.decision_store"):
         assert len(DecisionStore(crashed).read()) == 40
     assert "garbage.sqlite" in caplog.text and "not a readable decisions file" in caplog.text
 
