@@ -104,7 +104,8 @@ def _variants(runs_root: Path) -> list[Variant]:
     text_data = REPO / "configs" / "data" / "text_smoke"
     image = "image_size: 8, patch_size: 2, num_channels: 1"
     bases: dict[str, tuple[Path, list[str]]] = {
-        "vit": (digits, []),
+        "vit": (digits, [f"model.backbone.config={{model_type: vit, {image}, hidden_size: 64, "
+                         "num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 128}"]),
         "dinov2": (digits, [f"model.backbone.config={{model_type: dinov2, {image}, hidden_size: 64, "
                             "num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 128}"]),
         "dinov3_vit": (digits, [f"model.backbone.config={{model_type: dinov3_vit, {image}, hidden_size: 96, "

@@ -57,7 +57,6 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 import ray  # noqa: E402
 import ray.data  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 from transformers import get_cosine_schedule_with_warmup  # noqa: E402
 
@@ -68,9 +67,10 @@ from ray_app.runs import Run  # noqa: E402
 from ray_app.splits import SplitReader  # noqa: E402
 from ray_app.stages.context import StageContext  # noqa: E402
 from ray_app.stages.splits import ensure_splits  # noqa: E402
+from trainers.augment import augment_pixels  # noqa: E402
 from trainers.model import build_classifier  # noqa: E402
 from trainers.preprocess import LABEL_KEY, ImageSpec, model_inputs, preprocess_dataset, preprocess_image_batch  # noqa: E402
-from trainers.train_loop import LoopParams, fit_classifier, param_groups  # noqa: E402
+from trainers.train_loop import LoopParams, fit_classifier, param_groups, training_loss  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "digits.yaml"
@@ -147,14 +147,18 @@ def steady_state(*runs: dict[str, Any]) -> tuple[float, float]:
 def plain_fit(
     cfg: AppConfig, pixels: torch.Tensor, labels: torch.Tensor, num_labels: int, tag: str, spec: ImageSpec
 ) -> dict[str, Any]:
-    """The baseline recipe without Ray: same model, optimizer, schedule, clipping, loss
-    and batch size, the uint8 pixels normalised per batch as ray-app's loop does. Times
-    each epoch's batch loop only."""
+    """The baseline recipe without Ray: same model, optimizer groups (head rate, layer
+    decay), schedule, clipping, loss (label smoothing), augmentation and batch size, the
+    uint8 pixels normalised per batch as ray-app's loop does. Times each epoch's batch
+    loop only."""
     training = cfg.training
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = build_classifier(cfg.model, num_labels)
-    optimizer = torch.optim.AdamW(param_groups(model, training.weight_decay), lr=training.lr)
+    lr = training.peak_lr()
+    optimizer = torch.optim.AdamW(param_groups(model, training.weight_decay, lr, training.head_lr_scale,
+                                               training.layer_decay), lr=lr)
+    augment_random = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = max(1, math.ceil(len(labels) / training.batch_size))
     total_steps = steps_per_epoch * training.epochs
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(training.warmup_ratio * total_steps), total_steps)
@@ -171,7 +175,9 @@ def plain_fit(
         epoch_started = time.perf_counter()
         samples, loss_sum = 0, 0.0
         for batch_pixels, target in loader:
-            loss = F.cross_entropy(model(**model_inputs({"pixel_values": batch_pixels}, spec)).float(), target)
+            inputs = model_inputs({"pixel_values": batch_pixels}, spec)
+            inputs["pixel_values"] = augment_pixels(inputs["pixel_values"], training.augment, augment_random)
+            loss = training_loss(model(**inputs).float(), target, training)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if training.grad_clip_norm is not None:

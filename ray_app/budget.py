@@ -288,7 +288,7 @@ def _step_timer(model: Any, cfg: AppConfig, num_labels: int, device: str) -> Any
     from trainers.train_loop import autocast_dtype, param_groups
 
     model.to(device).train()
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.training.weight_decay), lr=cfg.training.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.training.weight_decay), lr=1e-3)  # the rate does not change a step's time
     dtype = autocast_dtype(cfg.training.precision, torch.device(device))
     batches: dict[int, dict[str, Any]] = {}
 

@@ -20,6 +20,7 @@ from calibration.config import CalibrationConfig
 from ray_app.errors import ConfigError, DataError, UserError
 from trainers.config import ModelConfig, ScalingConfig, TrainingConfig
 from trainers.families import family_and_params, format_value
+from trainers.recipes import RecipeSituation, resolve_recipe
 from trainers.schema import StrictModel, validation_problems
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -287,8 +288,31 @@ class AppConfig(StrictModel):
     ray: RayInitConfig = Field(default_factory=RayInitConfig, description="How to reach Ray.")
 
     @model_validator(mode="after")
+    def _training_recipe(self) -> AppConfig:
+        # Written to __dict__: an assignment would validate this whole model again.
+        self.__dict__["training"] = resolve_recipe(self.training, self.recipe_situation())
+        return self
+
+    def recipe_situation(self) -> RecipeSituation:
+        backbone = self.model.backbone
+        side = self.model.preprocessing.image_size or (backbone.config or {}).get("image_size")
+        return RecipeSituation(
+            pretrained=backbone.id is not None, modality=self.data.source.modality, mode=self.training.mode,
+            frozen_backbone=self.model.freeze_backbone, image_side=int(side) if side else None,
+            hflip_view="hflip" in self.model.views,
+        )
+
+    @model_validator(mode="after")
     def _cross_section_rules(self) -> AppConfig:
         problems: list[str] = []
+        augment = self.training.augment
+        if self.data.source.modality == "text" and augment.enabled:
+            problems.append("training.augment transforms images, but the data is text: remove training.augment")
+        if augment.hflip and "hflip" not in self.model.views:
+            problems.append(
+                "training.augment.hflip mirrors training images, but model.views has no hflip: mirror only "
+                "classes that keep their meaning mirrored, and then add hflip to model.views too"
+            )
         if self.data.source.modality == "text" and self.model.backbone.config is not None:
             if self.model.preprocessing.tokenizer is None:
                 problems.append(

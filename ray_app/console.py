@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from ray_app.errors import UserError
+from ray_app.insights.reference import advice_when_behind
 from ray_app.progress import Ticker, TrainProgress, terminal_width
 from ray_app.runlog import END_MARK, START_MARK, LogSink, capture_output
 from ray_app.splits import SplitReader
@@ -327,6 +328,12 @@ def insight_rows(run: Run) -> list[tuple[str, str]]:
     if reference:
         rows.append(("linear reference", f"{reference['val_test_accuracy']:.4f} val_test accuracy ({reference['kind']}, "
                                          f"C={reference['C']:g}) vs {insights['model_accuracy']:.4f} for this run"))
+        train, cfg = run.stage_info("train"), run.config()
+        if cfg is not None and "epochs_run" in train:
+            advice = advice_when_behind(insights["model_accuracy"], reference["val_test_accuracy"], cfg,
+                                        train["epochs_run"], train["best_epoch"])
+            if advice:
+                rows.append(("to do", advice))
     timing = run.stage_info("train").get("epoch_seconds")
     if timing and timing.get("measured_median") is not None:
         rows.append(("epoch time", f"estimated {timing['estimated']:.2f}s, measured {timing['measured_median']:.2f}s "

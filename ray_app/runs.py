@@ -138,6 +138,16 @@ class TrainLayout:
         return self.root / "budget.json"
 
     @property
+    def lr_range(self) -> Path:
+        """lr: auto's range test: learning rates, smoothed losses, the chosen rate."""
+        return self.root / "lr_range.json"
+
+    @property
+    def lr_range_plot(self) -> Path:
+        """lr: auto's range test as a plot: the loss against the learning rate."""
+        return self.root / "lr_range.png"
+
+    @property
     def model_dir(self) -> Path:
         """The selected weights as a saved classifier (trainers.model)."""
         return self.root / "model"

@@ -137,7 +137,7 @@ def suggest_template(cfg: AppConfig) -> TemplateSuggestion:
     training = cfg.training
     facts = [
         *family.describe(params),
-        f"LR: {training.lr:g}",
+        f"LR: {training.lr if training.lr == 'auto' else format(training.lr, 'g')}",
         f"Batch: {training.batch_size}",
         f"Epochs: {training.epochs}",
         f"Head: {cfg.model.head}",

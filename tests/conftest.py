@@ -123,8 +123,8 @@ def control_plane(ray_head: str, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture(scope="session")
 def plane_smoke(control_plane: ControlPlaneServer) -> dict[str, Any]:
-    """The smoke config saved as a template and launched from it through the API,
-    followed to the end. A stream opened at once sees every epoch live; a second, opened
+    """The smoke config saved as a template (its learning rate chosen by a range test:
+    lr auto) and launched from it through the API, followed to the end. A stream opened at once sees every epoch live; a second, opened
     once an epoch exists, gets history first, then live."""
     import threading
 
@@ -134,7 +134,8 @@ def plane_smoke(control_plane: ControlPlaneServer) -> dict[str, Any]:
     smoke = yaml.safe_load(SMOKE.read_text())
     suggested = http.post(f"{api}/templates/suggest", json={"config": smoke}, timeout=60).json()
     saved = http.post(f"{api}/templates", json={"name": suggested["name"], "description": "smoke, 3 epochs",
-                                                 "config": smoke, "overrides": [f"training.epochs={PLANE_SMOKE_EPOCHS}"]},
+                                                 "config": smoke, "overrides": [f"training.epochs={PLANE_SMOKE_EPOCHS}",
+                                                                           "training.lr=auto"]},
                       timeout=60)
     assert saved.status_code == 201, saved.text
     listed = [t["name"] for t in http.get(f"{api}/templates", timeout=10).json()]

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from trainers.families import BackboneConfig
+from trainers.families import BackboneConfig, family_of
 from trainers.schema import StrictModel
 
 
@@ -73,7 +73,9 @@ class ModelConfig(StrictModel):
     pooling: Literal["cls", "mean"] = Field(
         default="cls",
         description="Pooled feature: the first (CLS) token, or the mean over tokens "
-        "(masked by attention_mask for text).",
+        "(masked by attention_mask for text). A convolutional backbone (ConvNeXt) has no "
+        "CLS token and always pools by its own mean over the last feature map: mean, "
+        "recorded as such when left out.",
     )
     freeze_backbone: bool = Field(
         default=False,
@@ -108,6 +110,20 @@ class ModelConfig(StrictModel):
         description="Side of the crop views as a fraction of the image side, rounded to "
         "the nearest pixel (0.875 of 8 px is 7 px). Used by the crop views only.",
     )
+
+    @model_validator(mode="after")
+    def _pooling_the_backbone_has(self) -> ModelConfig:
+        if not family_of(self.backbone).feature_map:
+            return self
+        if "pooling" in self.model_fields_set and self.pooling == "cls":
+            raise ValueError(
+                "pooling: cls needs a CLS token, and this backbone is convolutional (a feature map, "
+                "no tokens): use pooling: mean, or leave pooling out"
+            )
+        # Left out: the resolved config says what the model does (written to __dict__: an
+        # assignment would validate this model again).
+        self.__dict__["pooling"] = "mean"
+        return self
 
     @field_validator("views")
     @classmethod
@@ -210,6 +226,40 @@ class PeftConfig(StrictModel):
         return self
 
 
+class AugmentConfig(StrictModel):
+    """Train-time image augmentation, drawn per sample on the worker's device after
+    normalisation. Validation, calibration, test and serving never see it."""
+
+    crop_scale: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Random resized crop: each training image is replaced by a crop of "
+        "this fraction of its area up to all of it (aspect 3/4..4/3, anywhere in the "
+        "image), resized back. null: off. The recipes crop images under 32 px gently "
+        "(0.8: a deep crop of an 8-px digit loses whole strokes), larger ones deeper.",
+    )
+    hflip: bool = Field(
+        default=False,
+        description="Mirror half the training images left-right. Only where the classes "
+        "keep their meaning mirrored: it needs hflip in model.views.",
+    )
+    jitter: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Brightness and contrast jitter: each image gets a brightness shift "
+        "and a contrast factor drawn within +-jitter. 0: off.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop_scale is not None or self.hflip or self.jitter > 0
+
+
+RecipeName = Literal["scratch", "finetune", "peft", "probe"]
+
+
 class TrainingConfig(StrictModel):
     mode: Literal["baseline", "peft"] = Field(
         default="baseline",
@@ -222,15 +272,54 @@ class TrainingConfig(StrictModel):
         description="Adapter settings for mode peft (defaults when omitted). Setting it "
         "in mode baseline is an error, so no setting is silently ignored.",
     )
+    recipe: Literal["auto"] | RecipeName = Field(
+        default="auto",
+        description="Defaults for the settings below that the config leaves out "
+        "(trainers/recipes.py). auto chooses from the config: scratch (a backbone built "
+        "from a config dict), finetune (a pretrained model.backbone.id, mode baseline), "
+        "peft (pretrained, mode peft) or probe (model.freeze_backbone). The resolved "
+        "config records the recipe chosen and every value it set; a value the config "
+        "gives always wins.",
+    )
     epochs: int = Field(default=10, ge=1, description="Passes over the train split.")
     batch_size: int = Field(default=64, ge=1, description="Samples per step per worker.")
-    lr: float = Field(default=1e-3, gt=0.0, description="Peak AdamW learning rate.")
+    lr: float | Literal["auto"] = Field(
+        default=1e-3,
+        description="Peak AdamW learning rate (of the backbone's top layer; the head's is "
+        "lr x head_lr_scale). auto: a learning-rate range test on the train split picks it "
+        "before training (trainers/lr_range.py; its curve is saved with the run).",
+    )
+    lr_range_steps: int = Field(
+        default=100, ge=10, description="Steps of the range test that lr: auto runs (one train batch each)."
+    )
     weight_decay: float = Field(
         default=0.05, ge=0.0, description="AdamW weight decay (not applied to biases and norms)."
     )
     warmup_ratio: float = Field(
         default=0.1, ge=0.0, lt=1.0, description="Fraction of steps with linear warmup before cosine decay."
     )
+    head_lr_scale: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="The head's learning rate as a multiple of lr: a freshly initialised "
+        "head on a pretrained backbone learns faster than the weights under it.",
+    )
+    layer_decay: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=1.0,
+        description="Layer-wise learning-rate decay: encoder block i of L trains at lr x "
+        "layer_decay^(L - i), the embeddings at layer_decay^(L + 1), so the general "
+        "early layers of a pretrained model move least. 1: one lr for the whole backbone.",
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Cross-entropy label smoothing of the training loss (validation "
+        "metrics use the plain loss).",
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Train-time image augmentation.")
     grad_clip_norm: float | None = Field(
         default=1.0, gt=0.0, description="Clip the global gradient norm to this; null disables."
     )
@@ -283,6 +372,32 @@ class TrainingConfig(StrictModel):
         if isinstance(data, dict) and data.get("mode") == "peft" and data.get("peft") is None:
             return {**data, "peft": {}}
         return data
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _positive_lr_or_auto(cls, value: Any) -> Any:
+        # One message for the two members of the union, not one per member.
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ValueError(f"Input should be a valid number, or auto (got {value!r})")  # noqa: TRY004 (pydantic reports ValueError)
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"Input should be a valid number, or auto (got {value!r})") from None
+        if not number > 0:
+            raise ValueError(f"Input should be greater than 0, or auto (got {value!r})")
+        return number
+
+    def peak_lr(self) -> float:
+        """The learning rate to train with; lr: auto is resolved by the train stage
+        (`with_lr`) before any worker starts, so reaching here with auto is a bug."""
+        if self.lr == "auto":
+            raise ValueError("training.lr is auto: run the range test first (TrainingConfig.with_lr)")
+        return float(self.lr)
+
+    def with_lr(self, lr: float) -> TrainingConfig:
+        return self.model_copy(update={"lr": lr})
 
     @model_validator(mode="after")
     def _peft_only_in_peft_mode(self) -> TrainingConfig:

@@ -53,6 +53,17 @@ def drop_pooler(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
+def feature_width(config: PretrainedConfig) -> int:
+    """Channels of the backbone's pooled feature: hidden_size for transformers, the last
+    stage's width for convolutional networks (hidden_sizes)."""
+    width = getattr(config, "hidden_size", None)
+    if width is None and getattr(config, "hidden_sizes", None):
+        width = config.hidden_sizes[-1]
+    if width is None:
+        raise ValueError(f"{type(config).__name__} names neither hidden_size nor hidden_sizes: the head's width is unknown")
+    return int(width)
+
+
 class Classifier(nn.Module):
     """A Hugging Face encoder, a pooled feature (CLS token or masked mean) and a head.
 
@@ -76,7 +87,7 @@ class Classifier(nn.Module):
         self.pooling = pooling
         self.views = check_view_names(views)
         self.view_crop_fraction = view_crop_fraction
-        hidden = int(backbone.config.hidden_size)
+        hidden = feature_width(backbone.config)
         self.dropout = nn.Dropout(head_dropout)
         if head == "mlp":
             self.head: nn.Module = nn.Sequential(
@@ -86,7 +97,14 @@ class Classifier(nn.Module):
             self.head = nn.Linear(hidden, num_labels)
 
     def pooled_features(self, **inputs: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(**inputs).last_hidden_state
+        outputs = self.backbone(**inputs)
+        hidden = outputs.last_hidden_state
+        if hidden.ndim == 4:
+            # A convolutional feature map (B, C, H, W) has no CLS token: its model's own
+            # pooled output (the spatial mean, normalised by its final LayerNorm), so that
+            # every parameter of the backbone gets a gradient (DDP requires it).
+            pooled = getattr(outputs, "pooler_output", None)
+            return pooled.flatten(1) if pooled is not None else hidden.mean(dim=(2, 3))
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = inputs.get("attention_mask")

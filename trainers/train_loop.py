@@ -42,7 +42,8 @@ from sklearn.metrics import accuracy_score, f1_score
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import get_cosine_schedule_with_warmup
 
-from trainers.adapters import PeftSetup
+from trainers.adapters import PeftSetup, PeftSetupError, find_encoder_blocks
+from trainers.augment import augment_pixels
 from trainers.checkpoint import load_checkpoint, read_state, save_checkpoint
 from trainers.config import ModelConfig, ScalingConfig, TrainingConfig
 from trainers.history import HistoryFiles, ProgressFile, write_metrics_history
@@ -102,17 +103,61 @@ class FitResult:
 # --- helpers ------------------------------------------------------------------------
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices, not biases or norm scales (the usual AdamW recipe)."""
-    decay, no_decay = [], []
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, lr: float | None = None, head_lr_scale: float = 1.0,
+    layer_decay: float = 1.0,
+) -> list[dict[str, Any]]:
+    """AdamW groups: decay matrices, not biases or norm scales (the usual AdamW recipe).
+    With `lr`, each group also carries its own rate: the head's `lr x head_lr_scale`, the
+    backbone's `lr x layer_decay^(depth from the top)` (`layer_depths`)."""
+    if lr is None:
+        decay, no_decay = [], []
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                (no_decay if _no_weight_decay(name, param) else decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    depths, top = layer_depths(model) if layer_decay < 1.0 else ({}, 0)
+    groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 or name.endswith(".bias") else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        if not name.startswith("backbone."):
+            scale = head_lr_scale
+        else:
+            scale = layer_decay ** (top - depths.get(name, top))
+        groups.setdefault((_no_weight_decay(name, param), scale), []).append(param)
+    return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr": lr * scale}
+            for (no_decay, scale), params in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0]))]
+
+
+def _no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
+    return param.ndim < 2 or name.endswith(".bias")
+
+
+def layer_depths(model: torch.nn.Module) -> tuple[dict[str, int], int]:
+    """Each backbone parameter's depth for layer-wise lr decay, and the top depth: the
+    embeddings 0, encoder block i at i + 1, what follows the blocks (a final norm) at
+    the top, L + 1. A backbone without transformer blocks (a convolutional one) is one
+    layer at the top: no decay."""
+    backbone = model.backbone  # type: ignore[attr-defined]
+    try:
+        blocks = find_encoder_blocks(backbone)
+    except PeftSetupError:
+        logger.warning(f"layer_decay: {type(backbone).__name__} has no transformer blocks; one lr for the backbone")
+        return {}, 0
+    top = blocks.count + 1
+    depths: dict[str, int] = {}
+    for name, _ in backbone.named_parameters():
+        full = f"backbone.{name}"
+        if name.startswith(f"{blocks.path}."):
+            depths[full] = int(name[len(blocks.path) + 1 :].split(".", 1)[0]) + 1
+        else:
+            depths[full] = 0 if "embed" in name else top
+    return depths, top
+
+
+def training_loss(logits: torch.Tensor, target: torch.Tensor, training: TrainingConfig) -> torch.Tensor:
+    return F.cross_entropy(logits, target, label_smoothing=training.label_smoothing)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -277,7 +322,8 @@ def setup_worker(params: LoopParams) -> Worker:
     ddp_model = ray.train.torch.prepare_model(model)  # moves to device; DDP when world > 1
     if options["compile"]:
         ddp_model = torch.compile(ddp_model)
-    optimizer = torch.optim.AdamW(param_groups(model, training.weight_decay), lr=training.lr,
+    optimizer = torch.optim.AdamW(param_groups(model, training.weight_decay, training.peak_lr(), training.head_lr_scale,
+                                               training.layer_decay), lr=training.peak_lr(),
                                   fused=options["fused_optimizer"] or None)
     steps = params.steps_per_epoch(world)
     scheduler = get_cosine_schedule_with_warmup(optimizer, int(training.warmup_ratio * steps * training.epochs),
@@ -313,10 +359,16 @@ def train_epoch(worker: Worker, epoch: int) -> dict[str, float]:
     started, samples, loss_sum = time.perf_counter(), 0, 0.0
     batches = worker.train_cache.batches(worker.train_shard, training.batch_size, worker.device,
                                          worker.params.seed * 1000 + epoch)
+    # Augmentation draws from its own seeded generator: reproducible, and independent of
+    # the shuffling's random numbers.
+    augment_random = torch.Generator().manual_seed(worker.params.seed * 1000 + epoch + 1)
     for step, batch in enumerate(batches, start=1):
         target = batch[LABEL_KEY]
+        inputs = model_inputs(batch, worker.params.input_spec)
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = augment_pixels(inputs["pixel_values"], training.augment, augment_random)
         with worker.autocast():
-            loss = F.cross_entropy(worker.ddp_model(**model_inputs(batch, worker.params.input_spec)).float(), target)
+            loss = training_loss(worker.ddp_model(**inputs).float(), target, training)
         worker.optimizer.zero_grad(set_to_none=True)
         worker.scaler.scale(loss).backward()
         if training.grad_clip_norm is not None:
@@ -385,7 +437,8 @@ def epoch_row(worker: Worker, epoch: int, trained: dict[str, float], val: dict[s
         state["stale_epochs"] += 1
     row = {
         "epoch": epoch,
-        "lr": worker.scheduler.get_last_lr()[0],
+        # training.lr times the schedule's current factor (every group has its own constant multiple).
+        "lr": worker.params.training.peak_lr() * worker.scheduler.get_last_lr()[0] / worker.scheduler.base_lrs[0],
         "train/loss": trained["loss"],
         "train/samples": trained["samples"],  # this rank's; the global count is samples x world
         "train/seconds": round(trained["seconds"], 4),

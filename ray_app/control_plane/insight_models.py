@@ -258,6 +258,17 @@ class InsightsSummary(BaseModel):
     timings: dict[str, float] = Field(description="Seconds each part of the stage took.")
 
 
+class LrRange(BaseModel):
+    """lr: auto's learning-rate range test (trainers/lr_range.py), as the run recorded it."""
+
+    lrs: list[float] = Field(description="The learning rate of each step, growing geometrically.")
+    losses: list[float] = Field(description="The smoothed training loss after each step.")
+    suggested_lr: float = Field(description="The rate the run trained with.")
+    steps_run: int = Field(description="Steps taken (fewer than asked when the loss diverged).")
+    stopped_early: bool = Field(description="The loss diverged before the largest rate.")
+    rule: str = Field(description="How the rate was chosen from the curve.")
+
+
 class Budget(BaseModel):
     """The compute budget of a config; the sections' contents depend on the modality
     and may grow, so keys not declared here are kept."""

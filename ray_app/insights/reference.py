@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ray_app.config import ReferenceConfig
+from ray_app.config import AppConfig, ReferenceConfig
 from ray_app.splits import SplitReader
 
 READER = "reference"
@@ -110,3 +110,26 @@ def fit_reference(
         "n_val_test": int(len(labels["val_test"])),
         "seconds": round(time.monotonic() - started, 3),
     }
+
+
+def advice_when_behind(
+    model_accuracy: float, reference_accuracy: float, cfg: AppConfig, epochs_run: int, best_epoch: int,
+) -> str | None:
+    """One line saying what to try when the model does not beat the reference; None when
+    it does. The first that applies: the model was still improving when training ended
+    (train longer); the learning rate was not searched (lr: auto); the backbone starts
+    from random weights (a pretrained one); else another backbone or mode."""
+    if model_accuracy > reference_accuracy:
+        return None
+    training = cfg.training
+    pretrained = cfg.model.backbone.id is not None
+    behind = f"{reference_accuracy - model_accuracy:.3f} behind the reference"
+    if epochs_run == training.epochs and best_epoch >= epochs_run - 2:
+        return f"{behind} and still improving at its last epoch: train longer (-o training.epochs={2 * training.epochs})"
+    if training.lr != "auto":
+        other = "" if pretrained else ", or start from a pretrained backbone (model.backbone.id)"
+        return f"{behind}: let a range test choose the learning rate (-o training.lr=auto){other}"
+    if not pretrained:
+        return f"{behind}: start from a pretrained backbone (model.backbone.id, configs/*_finetune.yaml)"
+    other_mode = "peft" if training.mode == "baseline" else "baseline"
+    return f"{behind}: try another pretrained backbone, or training.mode: {other_mode}"

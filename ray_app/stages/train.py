@@ -5,6 +5,7 @@ the run's insights).
 
     run_training(ctx)
         _record_budget       the compute budget, estimated before training (optional)
+        _find_lr             lr: auto -> a learning-rate range test picks it (trainers.lr_range)
         _fit                 trainers.train_loop.fit_classifier: one TorchTrainer
         _save_selected       the selected (EMA, adapters merged) weights -> train/model
         _export_predictions  val_calib / val_test logits -> train/predictions
@@ -29,9 +30,18 @@ from ray_app.runs import write_json
 from ray_app.stages import TRAIN
 from ray_app.stages.context import StageContext
 from trainers.checkpoint import selected_model
-from trainers.model import WEIGHTS_FILE, build_classifier, file_sha256, save_classifier
+from trainers.config import ModelConfig, TrainingConfig
+from trainers.lr_range import LrRangeResult, plot_lr_range, run_lr_range_test
+from trainers.model import (
+    WEIGHTS_FILE,
+    InitBackbone,
+    build_classifier,
+    build_initial_classifier,
+    file_sha256,
+    save_classifier,
+)
 from trainers.predict import predict_outputs
-from trainers.preprocess import ImageSpec, preprocess_dataset
+from trainers.preprocess import ImageSpec, TextSpec, preprocess_dataset
 from trainers.train_loop import EpochStart, FitResult, LoopParams, fit_classifier
 
 logger = logging.getLogger(__name__)
@@ -103,7 +113,8 @@ def run_training(
         if prepared is None:
             details["data"] = data_placement(ctx)
             prepared = prepare_training_data(ctx)
-        fit = _fit(ctx, prepared, callbacks, before_epoch, details)
+        training = _find_lr(ctx, prepared["train"], details) if ctx.cfg.training.lr == "auto" else ctx.cfg.training
+        fit = _fit(ctx, prepared, training, callbacks, before_epoch, details)
         model_dir = _save_selected(ctx, fit, details.get("init_from"))
         outputs = _export_predictions(ctx, model_dir)
         best_row = next(r for r in fit.history if r["epoch"] == fit.best_epoch)
@@ -133,8 +144,47 @@ def _record_budget(ctx: StageContext, details: dict[str, Any]) -> dict[str, Any]
     return budget
 
 
+def _find_lr(ctx: StageContext, train: ray.data.Dataset, details: dict[str, Any]) -> TrainingConfig:
+    """Run the range test where a worker would train (a Ray task with a worker's CPUs,
+    and its GPU when the run trains on GPUs), record its curve and plot, and return the
+    training settings with the learning rate it chose."""
+    cfg, run = ctx.cfg, ctx.run
+    started = time.monotonic()
+    logger.info(f"lr auto: a {cfg.training.lr_range_steps}-step learning-rate range test on the train split")
+    task = ray.remote(_lr_range_task).options(
+        num_cpus=cfg.scaling.cpus_per_worker, num_gpus=1 if cfg.scaling.use_gpu else 0)
+    result = ray.get(task.remote(cfg.model, cfg.training, len(ctx.splits.summary()["label_names"]), cfg.seed,
+                                 ctx.input_spec, ctx.init_backbone, train))
+    run.train.root.mkdir(parents=True, exist_ok=True)
+    write_json(run.train.lr_range, result.to_dict())
+    plot_lr_range(result, run.train.lr_range_plot, f"{run.name}: learning-rate range test")
+    details["lr_auto"] = {"chosen": result.suggested_lr, "steps": result.steps_run, "rule": result.rule,
+                          "seconds": round(time.monotonic() - started, 2)}
+    logger.info(f"lr auto: chose {result.suggested_lr:.3g} ({result.rule}, {result.steps_run} steps)")
+    return cfg.training.with_lr(result.suggested_lr)
+
+
+def _lr_range_task(model_cfg: ModelConfig, training: TrainingConfig, num_labels: int, seed: int,
+                   spec: ImageSpec | TextSpec, init: InitBackbone | None, train: ray.data.Dataset) -> LrRangeResult:
+    import torch
+
+    from trainers.adapters import PeftSetup
+
+    torch.manual_seed(seed)  # the initial weights training starts from
+    if training.mode == "peft" and training.peft is not None:
+        model = PeftSetup(model=model_cfg, peft=training.peft, num_labels=num_labels, seed=seed,
+                          init_backbone=init).build()
+    else:
+        model = build_initial_classifier(model_cfg, num_labels, init)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    batches = train.iter_torch_batches(batch_size=training.batch_size, device=device, local_shuffle_buffer_size=
+                                       max(256, 4 * training.batch_size), local_shuffle_seed=seed)
+    return run_lr_range_test(model, iter(batches), training, spec, steps=training.lr_range_steps, seed=seed)
+
+
 def _fit(
-    ctx: StageContext, datasets: dict[str, ray.data.Dataset], callbacks: list[Any] | None,
+    ctx: StageContext, datasets: dict[str, ray.data.Dataset], training: TrainingConfig, callbacks: list[Any] | None,
     before_epoch: Callable[[EpochStart], None] | None, details: dict[str, Any],
 ) -> FitResult:
     cfg, run, init = ctx.cfg, ctx.run, ctx.init_backbone
@@ -147,7 +197,7 @@ def _fit(
         details["init_from"] = {"run": Path(init.model_dir).parent.parent.name, "model": init.model_dir,
                                 "weights_sha256": init.weights_sha256}
     params = LoopParams(
-        model=cfg.model, training=cfg.training, num_labels=len(summary["label_names"]),
+        model=cfg.model, training=training, num_labels=len(summary["label_names"]),
         train_rows=summary["splits"]["train"]["count"], seed=cfg.seed, history=run.train.history_files(),
         input_spec=ctx.input_spec, init_backbone=init, before_epoch=before_epoch,
     )

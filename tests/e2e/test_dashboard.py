@@ -126,6 +126,11 @@ def test_launch_form_keeps_the_template_shows_errors_saves_and_launches(
     tab.click("#source-clear")
     tab.wait_for_function("document.getElementById('source-name').textContent.includes('preset digits')")
     assert tab.input_value("[data-key='training.epochs']") == "30"
+    # The default's ConvNeXt: its list parameters typed comma-separated, read back as lists.
+    assert tab.input_value("#family") == "convnext"
+    assert tab.input_value("#family-params [data-param='hidden_sizes']") == "32, 64"
+    tab.wait_for_function("document.getElementById('run-name').textContent.startsWith("
+                          "'will train run sklearn_digits_convnext_baseline_lr0.004_s0')")
     tab.select_option("#source-picker", f"template:{template}")
     tab.wait_for_function(f"document.getElementById('source-name').textContent.includes('{template}')")
     assert tab.input_value("[data-key='training.epochs']") == str(PLANE_SMOKE_EPOCHS)
@@ -206,6 +211,7 @@ def test_the_run_page_follows_training_then_shows_what_the_model_learned(
     tab.wait_for_selector("#run-status.status-succeeded", timeout=TRAINING_TIMEOUT_MS)
     assert points(tab, "chart-loss") == points(tab, "chart-loss", 1) == PLANE_SMOKE_EPOCHS
     assert points(tab, "chart-accuracy") == PLANE_SMOKE_EPOCHS
+    assert tab.is_hidden("#chart-lr-range")  # a fixed learning rate: no range test to show
     tab.wait_for_function("document.getElementById('log').textContent.includes('==== end: exit 0')")
     assert tab.locator(".stage-complete").count() == 6
 
@@ -255,6 +261,20 @@ def test_the_run_page_follows_training_then_shows_what_the_model_learned(
     tab.wait_for_selector("#map-note.error")
     assert "perplexity" in tab.inner_text("#map-note") and "computing" not in tab.inner_text("#map-note")
     console.expect_rejected(422)
+    console.check()
+
+
+def test_a_run_trained_with_lr_auto_shows_its_range_test(
+    page: tuple[Any, Console], plane_smoke: dict[str, Any], screenshots: Path
+) -> None:
+    tab, console = page
+    tab.goto(f"/runs/{plane_smoke['run']}")
+    # The range test's curve with the chosen rate marked, beside the epoch charts.
+    tab.wait_for_selector("#chart-lr-range:not([hidden]) .main-svg", timeout=60_000)
+    assert "Learning-rate range test" in tab.inner_text("#chart-lr-range")
+    chosen = tab.evaluate("document.getElementById('chart-lr-range').data[1].name")
+    assert chosen.startswith("chosen "), chosen
+    tab.locator("#charts").screenshot(path=str(screenshots / "run-lr-auto.png"))
     console.check()
 
 
@@ -404,8 +424,9 @@ def test_families_and_templates_pages(page: tuple[Any, Console], plane_smoke: di
     tab.click("section[data-family='dinov2'] a.button")
     tab.wait_for_function("document.getElementById('family').value === 'dinov2'")
     tab.wait_for_selector("#family-params [data-param='image_size']")
-    shape = {key: tab.input_value(f"#family-params [data-param='{key}']") for key in ("image_size", "num_channels", "hidden_size")}
-    assert shape == {"image_size": "8", "num_channels": "1", "hidden_size": "64"}, shape
+    shape = {key: tab.input_value(f"#family-params [data-param='{key}']") for key in ("image_size", "num_channels", "patch_size")}
+    # The default preset's ConvNeXt: 8 px, 1 channel, every pixel its own patch.
+    assert shape == {"image_size": "8", "num_channels": "1", "patch_size": "1"}, shape
     tab.wait_for_function("document.getElementById('run-name').textContent.startsWith('will train run ')")
 
     tab.goto("/templates")

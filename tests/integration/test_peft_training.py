@@ -21,12 +21,20 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 def test_two_worker_peft_run_resumes_and_exports_merged_weights(tmp_path: Path) -> None:
     cfg = smoke_config(
         tmp_path, "training.mode=peft", "training.peft.unfreeze_last_blocks=1", "training.peft.r=4",
-        "scaling.num_workers=2", "training.epochs=2", "training.lr=0.01",
+        "scaling.num_workers=2", "training.epochs=2", "training.lr=auto", "training.lr_range_steps=12",
     )
-    run = trained(cfg, before_epoch=KillWorkersAt(1)).run  # both workers die at the start of epoch 1
+    ctx = trained(cfg, before_epoch=KillWorkersAt(1))  # both workers die at the start of epoch 1
+    run = ctx.run
+
+    # lr: auto ran its range test on the PEFT model first and the workers trained with its choice.
+    test = json.loads(run.train.lr_range.read_text())
+    assert test["steps_run"] <= 12 and len(test["lrs"]) == len(test["losses"]) == test["steps_run"]
+    assert run.stage_info("train")["lr_auto"]["chosen"] == test["suggested_lr"]
+    assert run.train.lr_range_plot.read_bytes()[:4] == b"\x89PNG"
 
     rows = [json.loads(x) for x in run.train.metrics.read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and all(r["world_size"] == 2 for r in rows)
+    assert 0 < rows[0]["lr"] <= test["suggested_lr"] * (1 + 1e-9)  # the schedule peaks at the chosen rate
     assert [r["attempt"] for r in rows] == [0, 1]  # epoch 1 ran after resuming, once
 
     checkpoints = [p for p in run.train.ray_storage.glob("*/checkpoint_*") if p.is_dir()]

@@ -8,7 +8,14 @@ way the trainer builds a backbone (`family.py`, `builtin.py`); `registry.py` fin
 """
 
 from trainers.families.backbone import BackboneConfig
-from trainers.families.builtin import BertFamily, Dinov2Family, DINOv3ViTFamily, GenericFamily, ViTFamily
+from trainers.families.builtin import (
+    BertFamily,
+    ConvNextFamily,
+    Dinov2Family,
+    DINOv3ViTFamily,
+    GenericFamily,
+    ViTFamily,
+)
 from trainers.families.family import (
     BackboneSection,
     ConfigFamily,
@@ -36,9 +43,32 @@ from trainers.families.registry import (
 from trainers.schema import CrossFieldProblems
 
 __all__ = [
-    "BUILTIN_FAMILIES", "ENTRY_POINT_GROUP", "GENERIC", "PRETRAINED", "BackboneConfig", "BackboneSection",
-    "BertFamily", "ConfigFamily", "CrossFieldProblems", "DINOv3ViTFamily", "Dinov2Family", "FamilyInfo",
-    "FamilyParams", "GenericFamily", "InvalidParams", "Modality", "ModelFamily", "PretrainedFamily", "ViTFamily",
-    "family_and_params", "family_for_model_type", "family_of", "family_problems", "family_registry", "format_value",
-    "local_config", "reload_families",
+    "BUILTIN_FAMILIES",
+    "ENTRY_POINT_GROUP",
+    "GENERIC",
+    "PRETRAINED",
+    "BackboneConfig",
+    "BackboneSection",
+    "BertFamily",
+    "ConfigFamily",
+    "ConvNextFamily",
+    "CrossFieldProblems",
+    "DINOv3ViTFamily",
+    "Dinov2Family",
+    "FamilyInfo",
+    "FamilyParams",
+    "GenericFamily",
+    "InvalidParams",
+    "Modality",
+    "ModelFamily",
+    "PretrainedFamily",
+    "ViTFamily",
+    "family_and_params",
+    "family_for_model_type",
+    "family_of",
+    "family_problems",
+    "family_registry",
+    "format_value",
+    "local_config",
+    "reload_families",
 ]

@@ -1,4 +1,4 @@
-"""The built-in model families: ViT, DINOv2, DINOv3 ViT and BERT from config dicts,
+"""The built-in model families: ViT, DINOv2, DINOv3 ViT, ConvNeXt and BERT from config dicts,
 and the generic family for any other model_type transformers knows."""
 
 from __future__ import annotations
@@ -6,7 +6,15 @@ from __future__ import annotations
 from typing import Any
 
 from trainers.families.family import BackboneSection, ConfigFamily, InvalidParams
-from trainers.families.params import BertParams, Dinov2Params, DINOv3ViTParams, FamilyParams, GenericParams, ViTParams
+from trainers.families.params import (
+    BertParams,
+    ConvNextParams,
+    Dinov2Params,
+    DINOv3ViTParams,
+    FamilyParams,
+    GenericParams,
+    ViTParams,
+)
 
 
 class ViTFamily(ConfigFamily):
@@ -46,6 +54,31 @@ class DINOv3ViTFamily(ConfigFamily):
     )
     params_model = DINOv3ViTParams
     variant_pattern = "dinov3_vit-h{hidden_size}-l{num_hidden_layers}"
+
+
+class ConvNextFamily(ConfigFamily):
+    name = "convnext"
+    model_type = "convnext"
+    title = "ConvNeXt"
+    modality = "image"
+    description = (
+        "A ConvNeXt convolutional encoder built from a config dict and randomly initialised: "
+        "stages of depthwise-convolution blocks, each stage halving the feature map. Its "
+        "locality suits small images and small datasets, where a ViT from scratch has too "
+        "little data to learn it; the pooled feature is the mean over the last feature map."
+    )
+    params_model = ConvNextParams
+    variant_pattern = "convnext-w{width}-b{blocks}"
+    described_fields = (("Stages", "num_stages"), ("Widths", "hidden_sizes"), ("Blocks", "depths"), ("Stem stride", "patch_size"))
+    feature_map = True
+
+    def variant_values(self, params: FamilyParams) -> dict[str, Any]:
+        given = self.given(params)
+        values = self._coerce(params).model_dump()
+        named = {"width": values["hidden_sizes"][-1], "blocks": sum(values["depths"])}
+        # A segment appears when the config states what it names, as for the other families.
+        shown = {k: v for k, v in named.items() if {"width": "hidden_sizes", "blocks": "depths"}[k] in given}
+        return {**given, **shown}
 
 
 class BertFamily(ConfigFamily):

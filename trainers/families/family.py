@@ -75,6 +75,10 @@ class ModelFamily:
     variant_pattern: ClassVar[str]
     # The Hugging Face model_type this family claims in config dicts (None: none).
     model_type: ClassVar[str | None] = None
+    # True when the backbone's last_hidden_state is a (B, C, H, W) feature map (a
+    # convolutional network) rather than (B, tokens, C): it is pooled by its mean, has no
+    # CLS token, and carries no transformer blocks for adapters.
+    feature_map: ClassVar[bool] = False
     # (label, field) pairs shown by `describe`.
     described_fields: ClassVar[tuple[tuple[str, str], ...]] = (
         ("Hidden", "hidden_size"), ("Layers", "num_hidden_layers"), ("Heads", "num_attention_heads"),

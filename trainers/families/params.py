@@ -175,6 +175,41 @@ class BertParams(FamilyParams):
         return _heads_divide_hidden(self)
 
 
+class ConvNextParams(FamilyParams):
+    image_size: int = Field(default=224, gt=0, description="Side length of the (square) input image in pixels.")
+    patch_size: int = Field(
+        default=4, gt=0,
+        description="Stride (and kernel) of the stem convolution: the first feature map is image_size / patch_size "
+        "pixels a side. 1 keeps every pixel of a small image.",
+    )
+    num_channels: int = _num_channels()
+    num_stages: int = Field(default=4, gt=0, description="Stages; each after the first halves the feature map's side.")
+    hidden_sizes: list[int] = Field(
+        default=[96, 192, 384, 768], description="Channels of each stage's feature map, one per stage."
+    )
+    depths: list[int] = Field(default=[3, 3, 9, 3], description="ConvNeXt blocks in each stage, one per stage.")
+    drop_path_rate: float = _dropout(0.0, "of skipping a whole block (stochastic depth)")
+    layer_scale_init_value: float = Field(
+        default=1e-6, ge=0.0, description="Initial value of the per-channel scale on each block's residual branch."
+    )
+
+    def cross_field_problems(self) -> list[str]:
+        problems = []
+        for name in ("hidden_sizes", "depths"):
+            values = getattr(self, name)
+            if len(values) != self.num_stages:
+                problems.append(f"{name} has {len(values)} entries for num_stages {self.num_stages}: give one per stage")
+            if any(v <= 0 for v in values):
+                problems.append(f"{name} must be positive (got {values})")
+        side = self.image_size / self.patch_size / 2 ** (self.num_stages - 1)
+        if side < 1 or side != int(side):
+            problems.append(
+                f"image_size {self.image_size} / patch_size {self.patch_size} / 2^(num_stages - 1) = {side:g}: the "
+                "feature map must stay a whole number of pixels (>= 1) through every stage"
+            )
+        return problems
+
+
 class GenericParams(FamilyParams):
     model_type: str = Field(
         min_length=1,

@@ -11,7 +11,14 @@ import logging
 import re
 from importlib.metadata import EntryPoint, entry_points
 
-from trainers.families.builtin import BertFamily, Dinov2Family, DINOv3ViTFamily, GenericFamily, ViTFamily
+from trainers.families.builtin import (
+    BertFamily,
+    ConvNextFamily,
+    Dinov2Family,
+    DINOv3ViTFamily,
+    GenericFamily,
+    ViTFamily,
+)
 from trainers.families.family import BackboneSection, ModelFamily, PretrainedFamily
 from trainers.families.params import FamilyParams
 
@@ -23,7 +30,7 @@ FAMILY_NAME = re.compile(r"[a-z0-9][a-z0-9_]*")
 
 
 BUILTIN_FAMILIES: tuple[ModelFamily, ...] = (
-    ViTFamily(), Dinov2Family(), DINOv3ViTFamily(), BertFamily(), PretrainedFamily(), GenericFamily(),
+    ViTFamily(), Dinov2Family(), DINOv3ViTFamily(), ConvNextFamily(), BertFamily(), PretrainedFamily(), GenericFamily(),
 )
 _BUILTIN_BY_NAME = {family.name: family for family in BUILTIN_FAMILIES}
 _BUILTIN_BY_MODEL_TYPE = {family.model_type: family for family in BUILTIN_FAMILIES if family.model_type}

@@ -23,12 +23,13 @@ from ray_app.control_plane.insight_models import (
     CalibrationViews,
     ExampleDetail,
     InsightsSummary,
+    LrRange,
     MeaningMap,
     Storyboard,
 )
 from ray_app.control_plane.models import ConfigRequest
 from ray_app.control_plane.service import ControlPlane
-from ray_app.errors import InvalidRequest
+from ray_app.errors import InvalidRequest, NotFound
 from ray_app.runs import Run
 
 router = APIRouter(tags=["insights"])
@@ -39,6 +40,16 @@ BUDGET_TIMEOUT_S = 600
 def _run(plane: ControlPlane, name: str) -> Run:
     plane.require_run(name)
     return plane.run(name)
+
+
+@router.get("/runs/{name}/lr-range", response_model=LrRange,
+            summary="The learning-rate range test of a run trained with lr: auto",
+            responses={404: {"description": "No such run, or the run did not use lr: auto."}})
+def lr_range(name: str, plane: Plane) -> dict[str, Any]:
+    run = _run(plane, name)
+    if not run.train.lr_range.is_file():
+        raise NotFound(f"run '{name}' has no learning-rate range test: it ran with a fixed training.lr, not lr: auto")
+    return json.loads(run.train.lr_range.read_text())
 
 
 @router.get("/runs/{name}/meaning-map", response_model=MeaningMap, response_model_exclude_unset=True,

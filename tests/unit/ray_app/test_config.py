@@ -96,7 +96,7 @@ def test_text_on_config_backbone_needs_tokenizer() -> None:
 
 def test_run_name_pattern() -> None:
     cfg = load_config(REPO / "configs" / "digits.yaml", ["training.lr=0.0005", "seed=3"])
-    assert run_name(cfg) == "sklearn_digits_vit_baseline_lr0.0005_s3"
+    assert run_name(cfg) == "sklearn_digits_convnext_baseline_lr0.0005_s3"
     cfg = load_config(SMOKE, ["name_pattern='{backbone}/{training.batch_size}'"])
     assert run_name(cfg) == "vit-h32-l2-16"  # path separators never reach the file system
 

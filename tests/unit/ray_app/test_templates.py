@@ -26,7 +26,7 @@ from tests.helpers.configs import REPO, SMOKE
 DIGITS = REPO / "configs" / "digits.yaml"
 DIGITS_LORA = REPO / "configs" / "digits_lora.yaml"
 TEXT_SMOKE = REPO / "configs" / "text_smoke.yaml"
-DIGITS_FACTS = "LR: 0.002 · Batch: 32 · Epochs: 30 · Head: linear"
+DIGITS_FACTS = "LR: 0.004 · Batch: 32 · Epochs: 30 · Head: linear"
 
 
 def raw(path: Path) -> dict:
@@ -36,11 +36,11 @@ def raw(path: Path) -> dict:
 # --- suggestions ------------------------------------------------------------------------
 
 
-def test_suggestion_for_the_digits_vit() -> None:
+def test_suggestion_for_the_digits_convnext() -> None:
     suggestion = suggest_template(load_config(DIGITS))
-    assert suggestion.name == "vit-h64-l4_sklearn-digits_baseline"
-    assert suggestion.description == "Hidden: 64 · Layers: 4 · Heads: 4 · LR: 0.002 · Batch: 32 · Epochs: 30 · Head: linear"
-    assert suggestion.family == "vit"
+    assert suggestion.name == "convnext-w64-b4_sklearn-digits_baseline"
+    assert suggestion.description == f"Stages: 2 · Widths: [32, 64] · Blocks: [2, 2] · Stem stride: 1 · {DIGITS_FACTS}"
+    assert suggestion.family == "convnext"
 
 
 def test_suggestion_for_a_dinov3_backbone() -> None:
@@ -62,10 +62,11 @@ def test_suggestion_for_the_text_bert() -> None:
 
 
 def test_suggestion_for_lora_and_the_other_peft_methods() -> None:
-    lora = suggest_template(load_config(DIGITS, ["training.mode=peft"]))
+    lora = suggest_template(load_config(DIGITS_LORA, ["training.peft.unfreeze_last_blocks=0"]))
     assert lora.name == "vit-h64-l4_sklearn-digits_lora"
-    assert lora.description == f"Hidden: 64 · Layers: 4 · Heads: 4 · {DIGITS_FACTS} · LoRA r=8 α=16"
-    loha = suggest_template(load_config(DIGITS, ["training.mode=peft", "training.peft.method=loha", "training.peft.r=4", "training.peft.alpha=6.5"]))
+    assert lora.description == "Hidden: 64 · Layers: 4 · Heads: 4 · LR: 0.005 · Batch: 32 · Epochs: 30 · Head: linear · LoRA r=8 α=16"
+    loha = suggest_template(load_config(DIGITS_LORA, ["training.peft.unfreeze_last_blocks=0", "training.peft.method=loha",
+                                                      "training.peft.r=4", "training.peft.alpha=6.5"]))
     assert loha.name == "vit-h64-l4_sklearn-digits_loha"
     assert loha.description.endswith("Head: linear · LoHa r=4 α=6.5")
 
@@ -83,7 +84,7 @@ def test_suggestion_for_explora() -> None:
 
 def test_suggestion_for_a_linear_probe_and_a_pretrained_directory(tmp_path: Path) -> None:
     probe = suggest_template(load_config(DIGITS, ["model.freeze_backbone=true", "model.head=mlp"]))
-    assert probe.name == "vit-h64-l4_sklearn-digits_probe"
+    assert probe.name == "convnext-w64-b4_sklearn-digits_probe"
     assert probe.description.endswith("Head: mlp · Backbone: frozen")
     directory = tmp_path / "all-MiniLM_L6"
     directory.mkdir()
@@ -115,7 +116,7 @@ def test_save_list_get_delete(tmp_path: Path) -> None:
     store = TemplateStore(tmp_path / "templates")
     assert store.list() == []
     saved = store.save(digits_template())
-    assert saved.family == "vit"  # filled in from the config
+    assert saved.family == "convnext"  # filled in from the config
     store.save(digits_template("text", config=raw(TEXT_SMOKE), description="BERT on reviews"))
     assert [t.name for t in store.list()] == ["text", "vit-h64-l4_sklearn-digits_baseline"]
     assert store.get("text").family == "bert"
@@ -143,7 +144,7 @@ def test_a_name_is_saved_once_unless_overwritten(tmp_path: Path) -> None:
 def test_an_invalid_config_lists_every_problem_and_writes_nothing(tmp_path: Path) -> None:
     config = raw(DIGITS)
     config["training"].update(epochs=0, lr=-1.0, learning_rate=0.1)
-    config["model"]["backbone"]["config"]["hidden_size"] = 66
+    config["model"]["backbone"]["config"]["hidden_sizes"] = [32]
     store = TemplateStore(tmp_path)
     with pytest.raises(ConfigError) as info:
         store.save(Template(name="bad", config=config))
@@ -152,12 +153,12 @@ def test_an_invalid_config_lists_every_problem_and_writes_nothing(tmp_path: Path
     text = "\n".join(problems)
     assert "training.epochs" in text and "training.lr" in text
     assert "training.learning_rate: unknown key" in text
-    assert "hidden_size 66 is not a multiple of num_attention_heads 4" in text
+    assert "hidden_sizes has 1 entries for num_stages 2" in text
     assert not list(tmp_path.iterdir())
 
 
 def test_a_family_that_is_not_the_configs_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="says 'bert' but its backbone \\(vit-h64-l4\\) is of the 'vit' family"):
+    with pytest.raises(ConfigError, match="says 'bert' but its backbone \\(convnext-w64-b4\\) is of the 'convnext' family"):
         TemplateStore(tmp_path).save(digits_template("x", family="bert"))
 
 
@@ -178,7 +179,7 @@ def test_a_saved_file_is_readable_yaml_and_round_trips(tmp_path: Path) -> None:
     saved = store.save(digits_template())
     text = (tmp_path / "vit-h64-l4_sklearn-digits_baseline.yaml").read_text()
     assert text.splitlines()[0] == "# ray-app submit --template vit-h64-l4_sklearn-digits_baseline"
-    assert "description: 'Hidden: 64 · Layers: 4 · Heads: 4 · LR: 0.002" in text  # not escaped
+    assert "description: 'Stages: 2 · Widths: [32, 64] · Blocks: [2, 2] · Stem stride: 1 · LR: 0.004" in text  # not escaped
     loaded = yaml.safe_load(text)
     assert list(loaded) == ["name", "description", "family", "created", "config"]
     assert loaded["config"] == raw(DIGITS)  # the config as written, not every default

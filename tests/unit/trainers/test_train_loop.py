@@ -172,3 +172,26 @@ def test_the_validation_cache_keeps_this_ranks_batches_after_one_pass() -> None:
     for _ in range(2):
         list(streaming.batches(shard, 3, torch.device("cpu")))
     assert shard.passes == 3
+
+
+def test_layer_decay_and_the_heads_rate_give_each_parameter_its_learning_rate() -> None:
+    from tests.helpers.models import model_cfg
+    from trainers.model import build_classifier
+
+    model = build_classifier(model_cfg(), 3)  # a 2-block ViT
+    groups = param_groups(model, 0.05, lr=1e-3, head_lr_scale=10.0, layer_decay=0.5)
+    rate = {id(p): (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert len(rate) == len(named)  # every trainable parameter in exactly one group
+
+    def lr_of(name: str) -> float:
+        return rate[id(named[name])][0]
+
+    assert lr_of("head.weight") == pytest.approx(1e-2)  # the fresh head: 10x
+    assert lr_of("backbone.layernorm.weight") == pytest.approx(1e-3)  # after the blocks: the full rate
+    assert lr_of("backbone.layers.1.attention.q_proj.weight") == pytest.approx(5e-4)
+    assert lr_of("backbone.layers.0.attention.q_proj.weight") == pytest.approx(2.5e-4)
+    assert lr_of("backbone.embeddings.patch_embeddings.projection.weight") == pytest.approx(1.25e-4)
+    assert rate[id(named["backbone.layers.0.attention.q_proj.bias"])][1] == 0.0  # no decay on biases
+    flat = param_groups(model, 0.05, lr=1e-3)  # no decay, no head scale: one rate
+    assert {g["lr"] for g in flat} == {1e-3}

@@ -26,6 +26,8 @@ function fieldValue(input) {
     return text.split(",").map((t) => t.trim()).map((t) => (t !== "" && Number.isFinite(Number(t)) ? Number(t) : t));
   }
   if (input.type === "number") return Number(text);
+  // A number or a word (the learning rate: 0.001 or auto).
+  if (input.inputMode === "decimal" && Number.isFinite(Number(text))) return Number(text);
   return text;
 }
 
@@ -103,7 +105,8 @@ async function showFamily(name, values = {}) {
     const input = type === "boolean"
       ? h("input", { type: "checkbox", "data-param": key })
       : h("input", { type: type === "integer" || type === "number" ? "number" : "text", step: type === "integer" ? "1" : "any",
-          "data-param": key, placeholder: spec.default === undefined ? (required.has(key) ? "required" : "") : String(spec.default) });
+          "data-param": key, "data-list": type === "array",  // a list (ConvNeXt's hidden_sizes) is typed comma-separated
+          placeholder: spec.default === undefined ? (required.has(key) ? "required" : "") : [spec.default].flat().join(", ") });
     setField(input, key in state.given ? state.given[key] : spec.default);
     return h("label", { class: type === "boolean" ? "check" : (type === "string" ? "wide" : null), title: spec.description || "" },
       type === "boolean" ? [input, ` ${key}`] : [key, input],
@@ -117,7 +120,7 @@ async function showFamily(name, values = {}) {
 function shownParams() {
   const params = {};
   for (const input of document.querySelectorAll("#family-params [data-param]")) {
-    const value = input.type === "checkbox" ? input.checked : (input.value.trim() === "" ? undefined : (input.type === "number" ? Number(input.value) : input.value.trim()));
+    const value = fieldValue(input);
     if (value !== undefined) params[input.dataset.param] = value;
   }
   return params;
@@ -127,10 +130,10 @@ function familyParams() {
   const params = {};
   for (const input of document.querySelectorAll("#family-params [data-param]")) {
     const key = input.dataset.param;
-    const value = input.type === "checkbox" ? input.checked : (input.value.trim() === "" ? undefined : (input.type === "number" ? Number(input.value) : input.value.trim()));
+    const value = fieldValue(input);
     if (value === undefined) continue;
     // Keys the config gave stay; a default left alone is not written (the variant name keeps its short form).
-    if (key in state.given || value !== state.defaults[key]) params[key] = value;
+    if (key in state.given || JSON.stringify(value) !== JSON.stringify(state.defaults[key])) params[key] = value;
   }
   return params;
 }

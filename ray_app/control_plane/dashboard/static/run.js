@@ -14,6 +14,7 @@ const CHARTS = {
 let detail = null;
 let finishedShown = false;
 let chartsDrawn = false;
+let lrRangeShown = false;
 let logLines = null;  // null until the log's tail is read
 let streams = [];
 
@@ -52,6 +53,27 @@ function showDetail(run) {
 
 async function refresh() {
   showDetail(await api(path));
+  const auto = detail.stages.train && detail.stages.train.lr_auto;
+  if (auto && !lrRangeShown) {
+    lrRangeShown = true;
+    showLrRange().catch((error) => toast(`Could not show the learning-rate range test: ${error.message}`, "error"));
+  }
+}
+
+// lr: auto: the range test's loss against the learning rate, the chosen rate marked.
+async function showLrRange() {
+  const test = await api(`${path}/lr-range`);
+  const box = document.getElementById("chart-lr-range");
+  box.hidden = false;
+  const low = Math.min(...test.losses);
+  const high = Math.min(Math.max(...test.losses), test.losses[0] * 1.5);  // the diverging tail would squash the rest
+  Plotly.newPlot(box, [
+    { x: test.lrs, y: test.losses, mode: "lines", name: "smoothed loss", line: { color: PALETTE[0], width: 2 } },
+    { x: [test.suggested_lr, test.suggested_lr], y: [low, high], mode: "lines", name: `chosen ${test.suggested_lr.toPrecision(2)}`,
+      line: { color: PALETTE[1], dash: "dash" } },
+  ], layout(`Learning-rate range test (${test.steps_run} steps)`, { x: "learning rate", y: "loss",
+    extra: { xaxis: { type: "log", title: { text: "learning rate (log)" } }, yaxis: { range: [low * 0.95, high * 1.02], title: { text: "loss" } } } }),
+  PLOT_CONFIG);
 }
 
 document.getElementById("stop").addEventListener("click", async (event) => {

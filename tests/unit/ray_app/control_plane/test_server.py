@@ -458,3 +458,18 @@ def test_presets_and_resolving_a_config(api: Any) -> None:
     assert resolved["config"]["calibration"]["guardrail"]["center_mode"] == "auto"  # defaults filled in
     check(session.post(f"{url}/api/v1/configs/resolve", json={"config": smoke, "overrides": ["seed=-1"]}),
           422, "invalid config", "seed")
+
+
+def test_a_runs_lr_range_test_is_served_and_a_fixed_rate_is_a_404(api: Any) -> None:
+    from ray_app.runs import Run, write_json
+    from trainers.lr_range import LrRangeResult
+
+    url, session, runs = api
+    rates = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+    result = LrRangeResult(lrs=rates, losses=[2.3, 2.2, 1.4, 0.9, 3.0], suggested_lr=1e-3, steps_run=5,
+                           stopped_early=True)
+    write_json(Run(runs / "done_run").train.lr_range, result.to_dict())
+    served = session.get(f"{url}/api/v1/runs/done_run/lr-range").json()
+    assert served["suggested_lr"] == 1e-3 and served["lrs"] == rates and served["stopped_early"] is True
+    check(session.get(f"{url}/api/v1/runs/other_run/lr-range"), 404, "not found", "fixed training.lr, not lr: auto")
+    check(session.get(f"{url}/api/v1/runs/no_such_run/lr-range"), 404, "not found")
