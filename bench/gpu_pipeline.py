@@ -141,8 +141,9 @@ def plain_loop(cfg: Any, spec: Any, pixels: Any, labels: Any, device: str, steps
     import torch.nn.functional as F
 
     from ray_app.budget import build_model
+    from trainers.optim import param_groups
     from trainers.preprocess import model_inputs
-    from trainers.train_loop import autocast_dtype, param_groups, speed_options
+    from trainers.train_loop import autocast_dtype, speed_options
 
     training = cfg.training
     options = speed_options(training, torch.device(device))

@@ -102,8 +102,8 @@ from ray_app.sources import encoded_digits
 from trainers.adapters import PeftSetup, PeftSetupError, check_peft_setup
 from trainers.config import PeftConfig
 from trainers.model import Classifier, backbone_skeleton, build_classifier
+from trainers.optim import param_groups
 from trainers.preprocess import LABEL_KEY, ImageSpec, normalize_pixel_tensor, preprocess_image_batch, resolve_image_spec
-from trainers.train_loop import param_groups
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # A transformer on the digits (the default preset's ConvNeXt has no attention blocks to adapt).

@@ -69,8 +69,9 @@ from ray_app.stages.context import StageContext  # noqa: E402
 from ray_app.stages.splits import ensure_splits  # noqa: E402
 from trainers.augment import augment_pixels  # noqa: E402
 from trainers.model import build_classifier  # noqa: E402
+from trainers.optim import param_groups, training_loss  # noqa: E402
 from trainers.preprocess import LABEL_KEY, ImageSpec, model_inputs, preprocess_dataset, preprocess_image_batch  # noqa: E402
-from trainers.train_loop import LoopParams, fit_classifier, param_groups, training_loss  # noqa: E402
+from trainers.train_loop import LoopParams, fit_classifier  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "digits.yaml"

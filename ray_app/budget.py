@@ -285,7 +285,8 @@ def _step_timer(model: Any, cfg: AppConfig, num_labels: int, device: str) -> Any
     import torch
     import torch.nn.functional as F
 
-    from trainers.train_loop import autocast_dtype, param_groups
+    from trainers.optim import param_groups
+    from trainers.train_loop import autocast_dtype
 
     model.to(device).train()
     optimizer = torch.optim.AdamW(param_groups(model, cfg.training.weight_decay), lr=1e-3)  # the rate does not change a step's time

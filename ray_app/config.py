@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from calibration.config import CalibrationConfig
+from ray_app.dotted import get_dotted, set_dotted
 from ray_app.errors import ConfigError, DataError, UserError
 from trainers.config import ModelConfig, ScalingConfig, TrainingConfig
 from trainers.families import family_and_params, format_value
@@ -360,47 +361,6 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 
 def name_placeholders(pattern: str) -> list[str]:
     return _PLACEHOLDER.findall(pattern)
-
-
-def get_dotted(tree: dict[str, Any], dotted: str) -> Any:
-    """`tree["a"]["b"]` for "a.b"; KeyError naming the whole path when it is not there."""
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(dotted)
-        node = node[part]
-    return node
-
-
-def flatten_dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Every leaf of a nested mapping under its dotted path (`{"a": {"b": 1}}` ->
-    `{"a.b": 1}`); an empty section is a leaf of its own."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            flat.update(flatten_dotted(value, path))
-        else:
-            flat[path] = value
-    return flat
-
-
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> str | None:
-    """Set "a.b" in `tree`, making missing sections; returns the problem when a part of
-    the path is a value, not a section (nothing is set then)."""
-    node = tree
-    path = dotted.split(".")
-    for i, part in enumerate(path[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            return f"override '{dotted}': '{'.'.join(path[: i + 1])}' is not a section"
-        node = child
-    node[path[-1]] = value
-    return None
 
 
 def _placeholder_ok(cfg: AppConfig, field: str) -> bool:

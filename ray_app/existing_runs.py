@@ -11,7 +11,8 @@ from typing import Literal, get_args
 
 import yaml
 
-from ray_app.config import AppConfig, flatten_dotted
+from ray_app.config import AppConfig
+from ray_app.dotted import flatten_dotted
 from ray_app.errors import RunExists
 from ray_app.runs import Run
 

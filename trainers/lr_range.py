@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,8 @@ import torch
 
 from trainers.augment import augment_pixels
 from trainers.config import TrainingConfig
+from trainers.optim import param_groups, training_loss
 from trainers.preprocess import LABEL_KEY, ImageSpec, TextSpec, model_inputs
-from trainers.train_loop import param_groups, training_loss
 
 SMOOTHING = 0.98  # weight of the past in the loss's moving average
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its best
@@ -118,7 +119,7 @@ def run_lr_range_test(
                          stopped_early=len(lrs) < steps)
 
 
-def plot_lr_range(result: LrRangeResult, path: Any, title: str) -> None:
+def plot_lr_range(result: LrRangeResult, path: Path, title: str) -> None:
     """The loss against the learning rate (log scale), the suggestion marked."""
     import matplotlib
 

@@ -155,7 +155,6 @@ def _find_lr(ctx: StageContext, train: ray.data.Dataset, details: dict[str, Any]
         num_cpus=cfg.scaling.cpus_per_worker, num_gpus=1 if cfg.scaling.use_gpu else 0)
     result = ray.get(task.remote(cfg.model, cfg.training, len(ctx.splits.summary()["label_names"]), cfg.seed,
                                  ctx.input_spec, ctx.init_backbone, train))
-    run.train.root.mkdir(parents=True, exist_ok=True)
     write_json(run.train.lr_range, result.to_dict())
     plot_lr_range(result, run.train.lr_range_plot, f"{run.name}: learning-rate range test")
     details["lr_auto"] = {"chosen": result.suggested_lr, "steps": result.steps_run, "rule": result.rule,

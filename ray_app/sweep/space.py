@@ -11,7 +11,8 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from ray_app.config import AppConfig, name_placeholders, read_yaml_mapping, set_dotted, validate_model
+from ray_app.config import AppConfig, name_placeholders, read_yaml_mapping, validate_model
+from ray_app.dotted import set_dotted
 from ray_app.errors import ConfigError
 from trainers.schema import StrictModel, describe_error
 

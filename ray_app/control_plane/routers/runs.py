@@ -13,7 +13,6 @@ import yaml
 from fastapi import APIRouter, Header, Query, status
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from ray_app.config import flatten_dotted
 from ray_app.control_plane.deps import ExistingRun, Plane
 from ray_app.control_plane.jobs import ACTIVE_STATES
 from ray_app.control_plane.models import (
@@ -31,6 +30,7 @@ from ray_app.control_plane.models import (
     TrainingProgress,
 )
 from ray_app.control_plane.service import ControlPlane, check_name
+from ray_app.dotted import flatten_dotted
 from ray_app.errors import InvalidRequest
 from ray_app.run_status import read_metrics
 from ray_app.runlog import MAX_TAIL_LINES, read_from, tail_lines, tail_offset

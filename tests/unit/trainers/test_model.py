@@ -15,8 +15,8 @@ from tests.helpers.models import TINY_BERT, TINY_VIT, model_cfg, png
 from trainers.checkpoint import load_checkpoint, read_state, save_checkpoint, selected_model
 from trainers.config import ModelConfig
 from trainers.model import build_classifier, load_classifier, save_classifier
+from trainers.optim import param_groups
 from trainers.preprocess import ImageSpec, decode_image, model_inputs, preprocess_image_batch, resolve_image_spec
-from trainers.train_loop import param_groups
 
 
 def test_classifier_shapes_and_no_pooler() -> None:

@@ -24,7 +24,7 @@ from trainers.adapters import PeftSetup, PeftSetupError, check_peft_setup, merge
 from trainers.checkpoint import PEFT_SETUP_FILE, load_checkpoint, save_checkpoint, selected_model
 from trainers.config import BackboneConfig, ModelConfig, PeftConfig, TrainingConfig
 from trainers.model import build_backbone, build_classifier, load_classifier, save_classifier
-from trainers.train_loop import param_groups
+from trainers.optim import param_groups
 
 TINY = {"image_size": 8, "patch_size": 4, "num_channels": 1, "hidden_size": 32, "num_attention_heads": 2}
 TINY_VIT = {"model_type": "vit", **TINY, "num_hidden_layers": 2, "intermediate_size": 64}

@@ -18,8 +18,8 @@ from ray_app.stages.context import StageContext
 from tests.helpers.configs import REPO
 from tests.helpers.references import tokenize
 from trainers.adapters import PeftSetup, merge_adapters
+from trainers.optim import param_groups
 from trainers.preprocess import TextSpec, load_tokenizer, resolve_text_spec
-from trainers.train_loop import param_groups
 
 TEXT_SMOKE = REPO / "configs" / "text_smoke.yaml"
 TEXT_DATA = REPO / "configs" / "data" / "text_smoke"

@@ -16,7 +16,8 @@ from tests.helpers.configs import SMOKE
 from tests.helpers.faults import KillWorkersAt
 from trainers.config import TrainingConfig
 from trainers.history import HistoryFiles, ProgressFile, write_metrics_history
-from trainers.train_loop import EpochStart, LoopParams, TrainShardCache, epoch_row, is_improvement, param_groups
+from trainers.optim import param_groups
+from trainers.train_loop import EpochStart, LoopParams, TrainShardCache, epoch_row, is_improvement
 
 
 def history_files(directory: Path) -> HistoryFiles:
