@@ -67,10 +67,10 @@ from ray_app.runs import Run  # noqa: E402
 from ray_app.splits import SplitReader  # noqa: E402
 from ray_app.stages.context import StageContext  # noqa: E402
 from ray_app.stages.splits import ensure_splits  # noqa: E402
-from trainers.augment import augment_pixels  # noqa: E402
+from trainers.augment import training_inputs  # noqa: E402
 from trainers.model import build_classifier  # noqa: E402
 from trainers.optim import param_groups, training_loss  # noqa: E402
-from trainers.preprocess import LABEL_KEY, ImageSpec, model_inputs, preprocess_dataset, preprocess_image_batch  # noqa: E402
+from trainers.preprocess import LABEL_KEY, ImageSpec, preprocess_dataset, preprocess_image_batch  # noqa: E402
 from trainers.train_loop import LoopParams, fit_classifier  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -176,8 +176,7 @@ def plain_fit(
         epoch_started = time.perf_counter()
         samples, loss_sum = 0, 0.0
         for batch_pixels, target in loader:
-            inputs = model_inputs({"pixel_values": batch_pixels}, spec)
-            inputs["pixel_values"] = augment_pixels(inputs["pixel_values"], training.augment, augment_random)
+            inputs = training_inputs({"pixel_values": batch_pixels}, spec, training.augment, augment_random)
             loss = training_loss(model(**inputs).float(), target, training)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -3,8 +3,9 @@
 A whole batch is transformed at once: one affine grid per sample (a random resized
 crop, mirrored for a flip) sampled bilinearly, then a brightness / contrast jitter. The
 pixels are the normalised float batch `model_inputs` returns, so uint8 stays uint8 up
-to the device. Only `train_epoch` calls `augment_pixels`; validation, the exported
-logits and serving read the rows as they are.
+to the device. Only training steps call it (`training_inputs`: the training loop, the
+learning-rate range test); validation, the exported logits and serving read the rows as
+they are.
 """
 
 from __future__ import annotations
@@ -15,9 +16,20 @@ import torch
 import torch.nn.functional as F
 
 from trainers.config import AugmentConfig
+from trainers.preprocess import ImageSpec, TextSpec, model_inputs
 
 # Random resized crops keep an aspect ratio within these bounds (torchvision's default).
 ASPECT_RANGE = (3 / 4, 4 / 3)
+
+
+def training_inputs(batch: dict[str, torch.Tensor], spec: ImageSpec | TextSpec | None, augment: AugmentConfig,
+                    generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The model's keyword arguments for a training step: `model_inputs`, images then
+    augmented (text passes through)."""
+    inputs = model_inputs(batch, spec)
+    if "pixel_values" in inputs:
+        inputs["pixel_values"] = augment_pixels(inputs["pixel_values"], augment, generator)
+    return inputs
 
 
 def augment_pixels(pixels: torch.Tensor, augment: AugmentConfig, generator: torch.Generator) -> torch.Tensor:

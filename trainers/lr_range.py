@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainers.augment import augment_pixels
+from trainers.augment import training_inputs
 from trainers.config import TrainingConfig
 from trainers.optim import param_groups, training_loss
-from trainers.preprocess import LABEL_KEY, ImageSpec, TextSpec, model_inputs
+from trainers.preprocess import LABEL_KEY, ImageSpec, TextSpec
 
 SMOOTHING = 0.98  # weight of the past in the loss's moving average
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its best
@@ -96,9 +96,7 @@ def run_lr_range_test(
             kept.append(batch)
         for group, scale in zip(optimizer.param_groups, scales, strict=True):
             group["lr"] = lr * scale
-        inputs = model_inputs(batch, spec)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = augment_pixels(inputs["pixel_values"], training.augment, augment_random)
+        inputs = training_inputs(batch, spec, training.augment, augment_random)
         loss = training_loss(model(**inputs).float(), batch[LABEL_KEY], training)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

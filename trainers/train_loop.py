@@ -43,7 +43,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import get_cosine_schedule_with_warmup
 
 from trainers.adapters import PeftSetup
-from trainers.augment import augment_pixels
+from trainers.augment import training_inputs
 from trainers.checkpoint import load_checkpoint, read_state, save_checkpoint
 from trainers.config import ModelConfig, ScalingConfig, TrainingConfig
 from trainers.history import HistoryFiles, ProgressFile, write_metrics_history
@@ -308,9 +308,7 @@ def train_epoch(worker: Worker, epoch: int) -> dict[str, float]:
     augment_random = torch.Generator().manual_seed(worker.params.seed * 1000 + epoch + 1)
     for step, batch in enumerate(batches, start=1):
         target = batch[LABEL_KEY]
-        inputs = model_inputs(batch, worker.params.input_spec)
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = augment_pixels(inputs["pixel_values"], training.augment, augment_random)
+        inputs = training_inputs(batch, worker.params.input_spec, training.augment, augment_random)
         with worker.autocast():
             loss = training_loss(worker.ddp_model(**inputs).float(), target, training)
         worker.optimizer.zero_grad(set_to_none=True)
