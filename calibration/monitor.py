@@ -38,6 +38,11 @@ from scipy import stats
 
 from calibration.guardrail import ABSTAIN, ACCEPT, ASSIST
 
+# PSI above this (with the test rejecting at DEFAULT_DRIFT_P) flags drift: 0.2 sits
+# between the usual "moderate" (0.1) and "significant" (0.25) readings of the index.
+DEFAULT_DRIFT_PSI = 0.2
+DEFAULT_DRIFT_P = 0.01
+
 DECISIONS = (ACCEPT, ASSIST, ABSTAIN)
 Z_95 = 1.959963984540054
 # PSI's empty-bin floor: a bin empty on one side would otherwise make the index infinite.
@@ -156,8 +161,8 @@ def monitor_window(
     decisions: np.ndarray,
     predictions: np.ndarray,
     window_s: float,
-    drift_psi: float,
-    drift_p: float = 0.01,
+    drift_psi: float = DEFAULT_DRIFT_PSI,
+    drift_p: float = DEFAULT_DRIFT_P,
     reviewed_correct: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """How one window of live answers compares with the calibration (see the module).

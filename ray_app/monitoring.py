@@ -16,16 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from calibration.monitor import ConfidenceReference, monitor_window
+from calibration.monitor import DEFAULT_DRIFT_P, DEFAULT_DRIFT_PSI, ConfidenceReference, monitor_window
 from ray_app.errors import NotReady
 from ray_app.review import ReviewQueue
 from ray_app.runs import Run
 from serve.decision_store import DecisionStore
 from serve.decisions import store_directory
-
-# PSI above this (with the KS test rejecting) flags drift: 0.2 sits between the usual
-# "moderate" (0.1) and "significant" (0.25) readings of the index.
-DEFAULT_DRIFT_PSI = 0.2
 
 
 def _json(path: Any, what: str, run: Run) -> dict[str, Any]:
@@ -68,9 +64,11 @@ def reviewed_correct(run: Run, runs_root: Any, model_version: str | None, since:
 
 
 def monitor_run(run: Run, runs_root: Any, window_s: float, model_version: str | None = None,
-                drift_psi: float = DEFAULT_DRIFT_PSI, now: float | None = None) -> dict[str, Any]:
+                drift_psi: float = DEFAULT_DRIFT_PSI, drift_p: float = DEFAULT_DRIFT_P,
+                now: float | None = None) -> dict[str, Any]:
     """The monitor of a run's served model over the last `window_s` seconds: the answers
-    of `model_version` (default: the run's bundle, else the version that answered)."""
+    of `model_version` (default: the run's bundle, else the version that answered).
+    Drift is flagged past `drift_psi` with its test rejecting at `drift_p`."""
     reference = confidence_reference(run)
     store = DecisionStore(store_directory(runs_root, run.name))
     versions = served_versions(run, store)
@@ -80,7 +78,7 @@ def monitor_run(run: Run, runs_root: Any, window_s: float, model_version: str | 
     confidence = np.array([a.confidence for a in answers], dtype=np.float64)
     decisions = np.array([a.decision for a in answers], dtype=str)
     predictions = np.array([a.label_id for a in answers], dtype=np.int64)
-    window = monitor_window(reference, confidence, decisions, predictions, window_s, drift_psi,
+    window = monitor_window(reference, confidence, decisions, predictions, window_s, drift_psi, drift_p,
                             reviewed_correct=reviewed_correct(run, runs_root, version, until - window_s, until))
     label_names = evaluation_labels(run)
     return {"run": run.name, "model_version": version, "versions": versions, "until": until,

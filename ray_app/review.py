@@ -424,6 +424,8 @@ def export_reviewed(run: Run, runs_root: Path, model_version: str | None = None)
     columns of the run's data source (`SourceConfig.file_columns`), so a later run reads
     it like its source (`data.reviewed`), plus a JSON sidecar: rows, sha256, created,
     model versions, label counts, item ids. Both through a temporary file and a rename.
+    Exporting labels unchanged since an earlier export returns that export, so a run
+    trained on it and a rerun asking for the same labels name one file.
     NothingToExport when no item is labelled."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -448,9 +450,13 @@ def export_reviewed(run: Run, runs_root: Path, model_version: str | None = None)
     directory = exports_directory(runs_root, run.name)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".export.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    items = [r.item_id for r in labelled]
     try:
         pq.write_table(table, tmp)
         fingerprint = file_fingerprint(tmp)
+        earlier = _earlier_export(directory, fingerprint, items)
+        if earlier is not None:
+            return earlier
         export_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(created))}-{fingerprint[:8]}"
         path = directory / f"{export_id}.parquet"
         tmp.replace(path)
@@ -461,7 +467,31 @@ def export_reviewed(run: Run, runs_root: Path, model_version: str | None = None)
         "fingerprint": fingerprint, "created": iso_time(created), "columns": [content_column, label_column],
         "model_versions": sorted({r.model_version for r in labelled}),
         "label_counts": dict(sorted(Counter(str(r.label) for r in labelled).items())),
-        "items": [r.item_id for r in labelled],
+        "items": items,
     }
     write_json(path.with_suffix(".json"), record)
     return record
+
+
+def with_review_export(raw: dict[str, Any], export_path: str) -> dict[str, Any]:
+    """A config mapping (as config.yaml holds it) that also trains on `export_path`:
+    added to `data.reviewed` after the exports the config already names. Those stay:
+    their labels answered earlier models, so this run's review queue does not hold them."""
+    data = dict(raw.get("data") or {})
+    reviewed = [str(path) for path in data.get("reviewed") or []]
+    data["reviewed"] = reviewed if export_path in reviewed else [*reviewed, export_path]
+    return {**raw, "data": data}
+
+
+def _earlier_export(directory: Path, fingerprint: str, items: list[str]) -> dict[str, Any] | None:
+    """The record of an export of exactly these items with these contents, if one
+    is still there (its Parquet file included)."""
+    for sidecar in sorted(directory.glob("*.json")):
+        try:
+            record = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            continue
+        if (isinstance(record, dict) and record.get("fingerprint") == fingerprint and record.get("items") == items
+                and Path(str(record.get("path", ""))).is_file()):
+            return record
+    return None

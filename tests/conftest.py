@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers.configs import REPO, SMOKE, smoke_config
 from tests.helpers.servers import (
+    CONTROL_PLANE_DRIFT_PSI,
     CONTROL_PLANE_TOKEN,
     PLANE_SMOKE_EPOCHS,
     ControlPlaneServer,
@@ -116,7 +117,7 @@ def control_plane(ray_head: str, tmp_path_factory: pytest.TempPathFactory) -> It
 
     runs = tmp_path_factory.mktemp("control-plane") / "runs"
     app = create_app(runs_root=runs, ray_address=ray_head, job_poll_s=0.5, index_refresh_s=1.0,
-                     token=CONTROL_PLANE_TOKEN, presets_root=REPO / "configs")
+                     token=CONTROL_PLANE_TOKEN, presets_root=REPO / "configs", drift_psi=CONTROL_PLANE_DRIFT_PSI)
     with running_server(app) as url:
         yield ControlPlaneServer(url=url, runs=runs)
 

@@ -27,6 +27,10 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-ray", action="store_true",
                         help="serve the runs root without Ray (no head started, none joined): runs, metrics, logs, "
                         "templates and families are served; launch, stop and rerun answer 503")
+    parser.add_argument("--drift-psi", type=float,
+                        help="the monitor flags drift past this population stability index, its test agreeing "
+                             "(default 0.2)")
+    parser.add_argument("--drift-p", type=float, help="significance level of the monitor's drift tests (default 0.01)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request on the console")
     parser.epilog = (parser.epilog or "") + (
         "\n\nA token (env RAY_APP_SERVER_TOKEN) makes every API request need 'Authorization: Bearer <token>'."
@@ -42,7 +46,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     from ray_app.control_plane.settings import ServerSettings
 
     raw = {"runs_root": args.runs_root, "host": args.host, "port": args.port, "ray_address": args.ray_address,
-           "templates_root": args.templates_root, "local_ray_cpus": args.ray_cpus, "ray_jobs": not args.no_ray}
+           "templates_root": args.templates_root, "local_ray_cpus": args.ray_cpus, "ray_jobs": not args.no_ray,
+           "drift_psi": args.drift_psi, "drift_p": args.drift_p}
     settings = validate_model(ServerSettings, {k: v for k, v in raw.items() if v is not None}, "server settings")
     check_port_free(settings.host, settings.port)
     import uvicorn

@@ -37,6 +37,12 @@ class LaunchRequest(StrictModel):
 class RerunRequest(StrictModel):
     overrides: list[str] = Field(default_factory=list, description="Overrides on top of the run's own config.")
     on_exists: OnExists = Field(default="refuse", description=ON_EXISTS_DESCRIPTION)
+    with_reviewed: bool = Field(
+        default=False,
+        description="Also train on the labels people gave the run's served answers: its labelled review items are "
+        "exported (as POST /runs/{name}/review/export does) and added to data.reviewed, after any export the run "
+        "already trained on. 409 when none is labelled.",
+    )
 
 
 class LaunchResponse(BaseModel):

@@ -31,6 +31,7 @@ from ray_app.control_plane.jobs import ACTIVE_STATES, JobLauncher, JobServerUnav
 from ray_app.control_plane.settings import ServerSettings
 from ray_app.errors import Conflict, InvalidName, NotFound, RunExists, Unavailable
 from ray_app.existing_runs import OnExists, config_changes, next_free_name, run_exists_message, with_run_name
+from ray_app.review import export_reviewed, with_review_export
 from ray_app.runs import LAUNCH_ENV, Run
 from ray_app.templates import TemplateNotFound, TemplateStore, template_record
 from trainers.families import family_and_params
@@ -306,7 +307,10 @@ class ControlPlane:
             raise Unavailable(str(exc)) from None
         return {"run": name, "submission_id": job["submission_id"], "status": "stopping"}
 
-    def rerun(self, name: str, overrides: list[str], on_exists: OnExists = "refuse") -> Launched:
+    def rerun(self, name: str, overrides: list[str], on_exists: OnExists = "refuse",
+              with_reviewed: bool = False) -> Launched:
+        """Launch the run's config again (`launch`), with `overrides`. `with_reviewed`:
+        also train on the labels people gave its served answers (`_with_reviewed`)."""
         row = self.require_run(name)
         config_file = self.run(name).config_path
         if not config_file.is_file():
@@ -315,6 +319,8 @@ class ControlPlane:
                 raise NotFound(f"run '{name}' has no config to run again yet")
             config_file = Path(job["config_path"])
         raw = yaml.safe_load(config_file.read_text()) or {}
+        if with_reviewed:
+            raw = self._with_reviewed(name, raw)
         template = None
         if row.get("template"):
             try:
@@ -322,6 +328,15 @@ class ControlPlane:
             except TemplateNotFound:  # deleted since: the run still says which it was
                 template = {"name": row["template"]}
         return self.launch(raw, overrides, template=template, on_exists=on_exists)
+
+    def _with_reviewed(self, name: str, raw: dict[str, Any]) -> dict[str, Any]:
+        """The run's config with its labelled review items exported now
+        (`review.export_reviewed`: unchanged labels reuse their export) and added to
+        `data.reviewed` (`review.with_review_export`)."""
+        if not self.settings.ray_jobs:
+            # Refused before an export is written for a launch that cannot happen.
+            raise Unavailable(self.launcher.error or "no Ray job server")
+        return with_review_export(raw, export_reviewed(self.run(name), self.settings.runs_root)["path"])
 
     def delete_run(self, name: str) -> None:
         row = self.require_run(name)

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from calibration.monitor import DEFAULT_DRIFT_P, DEFAULT_DRIFT_PSI
 from trainers.schema import StrictModel
 
 SERVER_TOKEN_ENV = "RAY_APP_SERVER_TOKEN"
@@ -70,6 +71,18 @@ class ServerSettings(StrictModel):
     max_body_bytes: int = Field(
         default=1_048_576, ge=1024,
         description="Largest request body the API reads (bytes); a larger one is answered 413 before it is read.",
+    )
+    drift_psi: float = Field(
+        default=DEFAULT_DRIFT_PSI, gt=0.0, le=10.0,
+        description="The monitor flags drift when a population stability index (of the served model's calibrated "
+        "confidences against val_calib's, or of its predicted classes against val_test's) exceeds this and the "
+        "matching test rejects at drift_p. 0.1 reads as a moderate shift, 0.25 as a large one. A request's "
+        "drift_psi query parameter overrides it for that request.",
+    )
+    drift_p: float = Field(
+        default=DEFAULT_DRIFT_P, gt=0.0, lt=1.0,
+        description="Significance level of the monitor's drift tests (Kolmogorov-Smirnov on confidences, "
+        "chi-square on predicted classes); both this and drift_psi must be passed to flag drift.",
     )
 
     @model_validator(mode="before")

@@ -17,7 +17,13 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.servers import CONTROL_PLANE_TOKEN, PLANE_SMOKE_EPOCHS, ControlPlaneServer
+from tests.helpers.servers import (
+    CONTROL_PLANE_DRIFT_PSI,
+    CONTROL_PLANE_TOKEN,
+    PLANE_SMOKE_EPOCHS,
+    ControlPlaneServer,
+    wait_for,
+)
 
 CHROMIUM = Path(os.environ.get("RAY_APP_CHROMIUM", "/usr/bin/chromium"))
 TRAINING_TIMEOUT_MS = 600_000
@@ -312,10 +318,15 @@ def test_the_monitor_shows_served_answers_and_three_assist_answers_are_labelled_
     assert tab.inner_text("#monitor-note").startswith(f"{len(answered)} answers")
     monitor = http.get(f"{api}/runs/{run}/monitor", params={"window_s": 3600}, timeout=30).json()
     assert monitor["answers"] == len(answered) and monitor["decisions"]["assist"]["count"] == assist
+    # The server's drift threshold, unless a request gives its own.
+    assert (monitor["drift"]["psi_threshold"], monitor["drift"]["p_threshold"]) == (CONTROL_PLANE_DRIFT_PSI, 0.01)
+    lenient = http.get(f"{api}/runs/{run}/monitor", params={"window_s": 3600, "drift_psi": 9}, timeout=30).json()
+    assert lenient["drift"]["psi_threshold"] == 9 and not lenient["drift"]["flagged"], lenient["drift"]
     banner = tab.inner_text("#monitor-drift")
     assert ("Drift" in banner) == monitor["drift"]["flagged"], (banner, monitor["drift"])
     assert ("classes it predicts" in banner) == monitor["drift"]["by_prediction"], banner
     assert ("calibrated confidences (" in banner) == monitor["drift"]["by_confidence"], banner
+    assert f"PSI > {CONTROL_PLANE_DRIFT_PSI}" in banner, banner
     assert points(tab, "chart-monitor-confidence") == 40 and points(tab, "chart-monitor-decisions") == 3
     assert points(tab, "chart-monitor-classes") == 10
     assert re.search(r"LATENCY P50 / P99\s+[0-9.]+ / [0-9.]+ ms", tab.inner_text("#monitor-stats"), re.IGNORECASE)
@@ -354,6 +365,74 @@ def test_the_monitor_shows_served_answers_and_three_assist_answers_are_labelled_
     path = re.search(r"written to (\S+\.parquet)", tab.inner_text("#review-export-result")).group(1)
     exported = pq.read_table(path).to_pydict()
     assert sorted(exported["label"]) == ["1", "3", "7"] and len(exported["image"]) == 3
+
+    # Opened on assist and abstain answers, as the run page links them when its policy has no assist band.
+    tab.goto(f"/runs/{run}/review?decisions=assist,abstain")
+    tab.wait_for_function("document.getElementById('review-counts').textContent.includes('labelled')")
+    assert tab.input_value("#review-decisions") == "assist,abstain"
+    both = http.get(f"{api}/runs/{run}/review", params={"decisions": "assist,abstain"}, timeout=30).json()["counts"]
+    assert both["pending"] > assist - 3  # the abstained answers too
+    assert tab.inner_text("#review-counts").startswith(f"{both['pending']} answers to review")
+    console.check()
+
+
+def test_a_rerun_from_the_run_page_trains_on_the_reviewed_labels(
+    page: tuple[Any, Console], control_plane: ControlPlaneServer, plane_smoke: dict[str, Any], screenshots: Path
+) -> None:
+    """The run page offers the labels people gave (the test above's, else three given
+    here through the API); ticked, "Run again" trains a new run through a Ray job on the
+    source plus them, and that run records the export it read. Asking with nothing
+    labelled is a 409 that says so."""
+    tab, console = page
+    http, api, run = control_plane.session(), control_plane.api, plane_smoke["run"]
+    queue = http.get(f"{api}/runs/{run}/review", params={"decisions": "assist,abstain", "status": "all", "limit": 3},
+                     timeout=30).json()
+    if queue["counts"]["labelled"] == 0:  # run on its own: label three answers here
+        from tests.helpers.review import answer_and_record
+
+        if not queue["items"]:
+            import pyarrow.parquet as pq
+
+            images = [bytes(b) for b in pq.read_table(control_plane.runs / run / "splits" / "val_test")
+                      .to_pydict()["image"]]
+            answer_and_record(control_plane.runs / run / "bundle", control_plane.runs, images, "for-rerun")
+            queue = http.get(f"{api}/runs/{run}/review", params={"decisions": "assist,abstain", "limit": 3},
+                             timeout=30).json()
+        for item in queue["items"]:
+            http.put(f"{api}/runs/{run}/review/items/{item['id']}", json={"label": "3"}, timeout=30)
+    labelled = http.get(f"{api}/runs/{run}/review", params={"decisions": "assist,abstain", "limit": 1},
+                        timeout=30).json()["counts"]["labelled"]
+    export = http.post(f"{api}/runs/{run}/review/export", timeout=60).json()  # what the rerun will read
+    assert export["rows"] == labelled >= 3
+
+    tab.goto(f"/runs/{run}")
+    tab.wait_for_selector("#rerun-reviewed-box:not([hidden])", timeout=60_000)
+    assert tab.inner_text("#rerun-reviewed-count") == f"{labelled} reviewed labels"
+    tab.check("#rerun-reviewed")
+    tab.locator("#rerun-box").screenshot(path=str(screenshots / "rerun-reviewed.png"))
+    tab.click("#rerun")
+    tab.wait_for_url(re.compile(rf"/runs/{run}-\d+$"))
+    rerun = tab.url.rsplit("/", 1)[1]
+    wait_for(lambda: http.get(f"{api}/runs/{rerun}", timeout=10).json()["status"] not in ("pending", "running"),
+             TRAINING_TIMEOUT_MS / 1000, f"the rerun {rerun} to end")
+    detail = http.get(f"{api}/runs/{rerun}", timeout=10).json()
+    assert detail["status"] == "succeeded", detail.get("message")
+    assert detail["stages"]["train"]["status"] == "complete"
+    # The same labels exported again are the same export; the run names it and its fingerprint.
+    assert detail["config"]["data"]["reviewed"] == [export["path"]]
+    [read] = detail["stages"]["splits"]["reviewed"]
+    assert (read["path"], read["fingerprint"], read["rows"]) == (export["path"], export["fingerprint"], labelled)
+    assert read["added_to_train"] + read["already_in_source"] == labelled
+    tab.wait_for_selector("#run-status.status-succeeded", timeout=60_000)
+    tab.wait_for_function("document.getElementById('run-facts').textContent.includes('review export')")
+    assert f"review export: {labelled} labelled answers, {read['added_to_train']} new to train" in (
+        tab.inner_text("#run-facts"))
+    tab.screenshot(path=str(screenshots / "run-reviewed.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 240})
+
+    # The new run has served nothing, so nothing of it is labelled: the API says so.
+    refused = http.post(f"{api}/runs/{rerun}/rerun", json={"with_reviewed": True, "on_exists": "new"}, timeout=60)
+    assert refused.status_code == 409 and "no labelled review items" in refused.json()["detail"], refused.text
+    assert tab.is_hidden("#rerun-reviewed-box")
     console.check()
 
 
@@ -374,8 +453,8 @@ def test_a_launch_into_a_finished_run_is_refused_then_a_new_run_stopped_shows_no
 
     tab.check("#exists input[value=new]")
     tab.click("#launch")
-    tab.wait_for_url(re.compile(rf"/runs/{run}-2$"))
-    http.post(f"{api}/runs/{run}-2/stop", timeout=60)
+    tab.wait_for_url(re.compile(rf"/runs/{run}-\d+$"))
+    http.post(f"{api}/runs/{tab.url.rsplit('/', 1)[1]}/stop", timeout=60)
     tab.wait_for_selector("#run-status.status-stopped", timeout=120_000)
     tab.wait_for_function("document.getElementById('charts-empty').textContent.includes('stopped before its first epoch')")
     assert tab.is_hidden("#charts") and tab.locator("#chart-loss .xtick").count() == 0

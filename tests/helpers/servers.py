@@ -52,6 +52,9 @@ def sse_events(session: Any, url: str, **kwargs: Any) -> list[dict[str, str]]:
 
 
 CONTROL_PLANE_TOKEN = "test-token"
+# The monitor's drift threshold the test server is started with (not the default 0.2), so
+# the tests see the setting reach the monitor.
+CONTROL_PLANE_DRIFT_PSI = 0.25
 PLANE_SMOKE_EPOCHS = 3
 
 

@@ -149,7 +149,7 @@ def stop_run(name: str, plane: Plane) -> dict[str, Any]:
              summary="Launch the run's config again, with optional overrides")
 def rerun(name: str, plane: Plane, request: RerunRequest | None = None) -> LaunchResponse:
     request = request or RerunRequest()
-    return LaunchResponse(**plane.rerun(name, request.overrides, request.on_exists).__dict__)
+    return LaunchResponse(**plane.rerun(name, request.overrides, request.on_exists, request.with_reviewed).__dict__)
 
 
 # --- metrics ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from ray_app.review import (
     labels_path,
     pixels_png,
     reviews_directory,
+    with_review_export,
 )
 from ray_app.runs import Run
 from ray_app.splits import ReviewedRows, file_fingerprint, plan_splits
@@ -149,6 +150,33 @@ def test_export_writes_the_sources_columns_and_reads_back_like_the_source(queue:
     assert list(checked["error"]) == ["", ""]
     with Image.open(io.BytesIO(rows[0]["image"])) as image:
         assert image.mode == "L" and np.array_equal(np.asarray(image), digit_pixels(1).astype(np.uint8))
+
+
+def test_unchanged_labels_export_to_the_same_file_and_a_new_label_to_a_new_one(queue: ReviewQueue) -> None:
+    items = ids(queue.queue())
+    queue.label(items[0], "3")
+    first = export_reviewed(queue.run, queue.runs_root)
+    again = export_reviewed(queue.run, queue.runs_root)
+    assert again == first  # the same record: one file a run and a rerun both name
+    directory = exports_directory(queue.runs_root, "digits_run")
+    assert len(list(directory.glob("*.parquet"))) == 1 and not list(directory.glob("*.tmp"))
+    queue.label(items[1], "7")
+    grown = export_reviewed(queue.run, queue.runs_root)
+    assert grown["path"] != first["path"] and grown["rows"] == 2 and Path(first["path"]).is_file()
+    queue.undo(items[1])  # back to the first labels: the first export again
+    assert export_reviewed(queue.run, queue.runs_root) == first
+    Path(first["path"]).unlink()  # its file gone: written anew, not named
+    rewritten = export_reviewed(queue.run, queue.runs_root)
+    assert Path(rewritten["path"]).is_file() and rewritten["fingerprint"] == first["fingerprint"]
+
+
+def test_a_rerun_config_adds_an_export_after_the_ones_it_trained_on() -> None:
+    raw = {"seed": 0, "data": {"source": {"kind": "sklearn_digits"}, "reviewed": ["/r/a.parquet"]}}
+    added = with_review_export(raw, "/r/b.parquet")
+    assert added["data"] == {"source": {"kind": "sklearn_digits"}, "reviewed": ["/r/a.parquet", "/r/b.parquet"]}
+    assert raw["data"]["reviewed"] == ["/r/a.parquet"]  # the run's own config is left as it was
+    assert with_review_export(added, "/r/b.parquet") == added  # named once
+    assert with_review_export({"seed": 0}, "/r/b.parquet") == {"seed": 0, "data": {"reviewed": ["/r/b.parquet"]}}
 
 
 def test_the_cli_lists_and_exports_and_exits_2_on_user_errors(queue: ReviewQueue, capsys: pytest.CaptureFixture) -> None:

@@ -26,6 +26,12 @@ function assignKeys(labels) {
   return keys;
 }
 
+// The page can be opened on a choice of decisions (the run page links abstain answers
+// when its policy has no assist band).
+const decisionsSelect = document.getElementById("review-decisions");
+const askedDecisions = new URLSearchParams(location.search).get("decisions");
+if ([...decisionsSelect.options].some((o) => o.value === askedDecisions)) decisionsSelect.value = askedDecisions;
+
 function query() {
   const decisions = document.getElementById("review-decisions").value;
   const status = document.getElementById("review-status").value;
@@ -139,8 +145,10 @@ document.getElementById("review-export").addEventListener("click", async (event)
 document.getElementById("review-rerun").addEventListener("click", async (event) => {
   event.target.disabled = true;
   try {
+    // The server exports the labels again (unchanged ones give this same export) and keeps
+    // the exports the run already trained on.
     const launched = await api(`/runs/${encodeURIComponent(name)}/rerun`, { method: "POST",
-      body: { overrides: [`data.reviewed=${JSON.stringify([state.exportPath])}`], on_exists: "new" } });
+      body: { with_reviewed: true, on_exists: "new" } });
     location.href = `/runs/${encodeURIComponent(launched.run)}`;
   } catch (error) {
     toast(error.message, "error");

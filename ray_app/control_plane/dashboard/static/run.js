@@ -24,7 +24,7 @@ function showDetail(run) {
   detail = run;
   document.getElementById("run-status").replaceWith(Object.assign(badge(run.status, run.message), { id: "run-status" }));
   const facts = [run.family, run.backbone, run.dataset, run.mode, run.template ? `template ${run.template}` : null,
-    run.job ? `job ${run.job.submission_id} (${run.job.state})` : null].filter(Boolean);
+    run.job ? `job ${run.job.submission_id} (${run.job.state})` : null, reviewedFact(run)].filter(Boolean);
   document.getElementById("run-facts").textContent = facts.join(" · ");
   const message = document.getElementById("run-message");
   message.hidden = !run.message || run.status === "succeeded";
@@ -98,10 +98,39 @@ document.getElementById("rerun").addEventListener("click", async (event) => {
   }
   button.disabled = true;
   try {
-    const launched = await api(`${path}/rerun`, { method: "POST", body: { on_exists: mode } });
+    const withReviewed = document.getElementById("rerun-reviewed").checked;
+    const launched = await api(`${path}/rerun`, { method: "POST", body: { on_exists: mode, with_reviewed: withReviewed } });
     location.href = `/runs/${encodeURIComponent(launched.run)}`;
   } catch (error) { toast(error.message, "error"); button.disabled = false; }
 });
+
+// A run trained on people's labels says so: the splits stage records each review export
+// it read and how many of its rows were new to train.
+function reviewedFact(run) {
+  const reviewed = (run.stages.splits && run.stages.splits.reviewed) || [];
+  if (!reviewed.length) return null;
+  return reviewed.map((r) => `review export: ${plural(r.rows, "labelled answer")}, ${r.added_to_train} new to train`
+    + (r.already_in_source ? ` (${r.already_in_source} already in the source)` : "")).join(" · ");
+}
+
+// A policy with no assist band (its sweep found none worth it) sends a person only the
+// answers it abstains on: the review link opens on those, not on an empty queue.
+function pointReviewLink(run) {
+  const policy = run.evaluation && run.evaluation.policy;
+  if (!policy || policy.assist_rate > 0 || !(policy.abstain_rate > 0)) return;
+  const link = document.getElementById("review-link");
+  link.href = `/runs/${encodeURIComponent(name)}/review?decisions=assist,abstain`;
+  link.textContent = "Review the abstained answers";
+}
+
+// Once people have labelled some of its served answers, the run can be trained again on
+// its source plus those labels: the server exports them and adds them to data.reviewed.
+async function showReviewedChoice() {
+  const queue = await api(`${path}/review?decisions=assist,abstain&status=labelled&limit=1`);
+  const labelled = queue.counts.labelled;
+  document.getElementById("rerun-reviewed-count").textContent = plural(labelled, "reviewed label");
+  document.getElementById("rerun-reviewed-box").hidden = labelled === 0;
+}
 
 // --- training charts ------------------------------------------------------------------
 
@@ -446,7 +475,9 @@ async function showFinished(run) {
   showCalibration(views);
   await showStoryboard(board);
   await showMap();
+  pointReviewLink(run);
   await showMonitor();
+  await showReviewedChoice();
   setInterval(() => showMonitor().catch(() => {}), 10_000);  // the window slides
 }
 

@@ -18,7 +18,7 @@ from PIL import Image
 from ray_app.control_plane.app import create_app
 from ray_app.control_plane.service import ControlPlane
 from ray_app.control_plane.settings import ServerSettings
-from ray_app.review import item_id
+from ray_app.review import exports_directory, item_id
 from tests.helpers.review import VERSION, Answered, digit_pixels, digits_run, record
 from tests.helpers.servers import running_server
 
@@ -116,3 +116,11 @@ def test_a_rerun_takes_the_export_as_data_reviewed(server: Any, tmp_path: Path) 
     check(requests.post(f"{url}/api/v1/runs/digits_run/rerun",
                         json={"overrides": [f'data.reviewed=["{tmp_path}/gone.parquet"]'], "on_exists": "new"}),
           422, "invalid data", "no such review export")
+    # Asking the server to export the labels for the rerun (one more than exported): refused
+    # before an export is written.
+    second = requests.get(f"{url}{API}").json()["items"][0]["id"]
+    requests.put(f"{url}{API}/items/{second}", json={"label": "8"}).raise_for_status()
+    exports = sorted(exports_directory(runs, "digits_run").glob("*"))
+    check(requests.post(f"{url}/api/v1/runs/digits_run/rerun", json={"with_reviewed": True, "on_exists": "new"}),
+          503, "unavailable")
+    assert sorted(exports_directory(runs, "digits_run").glob("*")) == exports

@@ -473,3 +473,20 @@ def test_a_runs_lr_range_test_is_served_and_a_fixed_rate_is_a_404(api: Any) -> N
     assert served["suggested_lr"] == 1e-3 and served["lrs"] == rates and served["stopped_early"] is True
     check(session.get(f"{url}/api/v1/runs/other_run/lr-range"), 404, "not found", "fixed training.lr, not lr: auto")
     check(session.get(f"{url}/api/v1/runs/no_such_run/lr-range"), 404, "not found")
+
+
+def test_the_monitors_drift_thresholds_are_server_settings_checked_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from calibration.monitor import DEFAULT_DRIFT_P
+    from ray_app.cli import main
+    from ray_app.control_plane.settings import ServerSettings
+
+    settings = ServerSettings(runs_root=tmp_path / "runs", drift_psi=0.3)
+    assert (settings.drift_psi, settings.drift_p) == (0.3, DEFAULT_DRIFT_P)
+    # A bad threshold stops `ray-app server` before it listens: exit 2, the setting named.
+    assert main(["server", "--no-ray", "--runs-root", str(tmp_path / "runs"), "--drift-p", "2"]) == 2
+    said = capsys.readouterr().err
+    assert "drift_p" in said and "less than 1" in said and "Traceback" not in said
+    assert main(["server", "--no-ray", "--runs-root", str(tmp_path / "runs"), "--drift-psi", "0"]) == 2
+    assert "drift_psi" in capsys.readouterr().err
