@@ -1,26 +1,28 @@
 """The guardrail's loop on real data, end to end: a served model meets traffic that
-drifted, the monitor says so without a label, a person labels what the policy sent them,
-and the next run, trained on the source plus those labels, handles the drift.
+drifted, the monitor says so without a label, a person labels what the policy sent them
+and an audit sample of what it accepted, and the next run trains on those labels.
 
 1. `ray-app run configs/digits.yaml` (the default), as a user runs it: run A.
 2. A's bundle on Ray Serve (`ray_app.cli.serve.start_serving`, what `ray-app serve`
-   runs), every answer recorded in its decision store. Traffic: the val_select digits as
-   they are (a control window), then the train split's digits turned a quarter, as from
-   a scanner fed sideways (the drift), in requests of 16.
-3. The monitor over each window (`ray_app.monitoring.monitor_run`): drift flags, the
-   decision mix, the accuracy of accepted answers estimated from calibrated confidences
-   beside the accuracy they really had (the bench knows every input's label).
-4. A simulated person works the review queue (assist and abstain answers, least
-   confident first, up to --budget) with the true labels; the labels are exported
-   (`review.export_reviewed`).
+   runs), every answer recorded in its decision store, a share of the accepted ones
+   with their input (decisions.audit_rate, --audit-rate). Traffic: the val_select
+   digits as they are (a control window), then the train split's digits turned a
+   quarter, as from a scanner fed sideways (the drift), in requests of 16.
+3. A simulated person works the review queue (assist and abstain answers, then the
+   audit sample, least confident first, up to --budget) with the true labels; the
+   labels are exported (`review.export_reviewed`).
+4. The monitor over each window (`ray_app.monitoring.monitor_run`): drift flags, the
+   decision mix, the accuracy of accepted answers estimated from calibrated confidences,
+   the audit sample's measured accuracy, and the accuracy they really had (the bench
+   knows every input's label).
 5. `ray-app run configs/digits.yaml -o data.reviewed=[the export]`: run B.
 6. A and B on held-out digits, in-process through `serve.predictor.BundlePredictor`:
    val_test as it is and val_test turned a quarter (digits no reviewer saw), each with
    its policy's accept rate and the accuracy of what it accepted.
 
     python bench/review_loop.py --out bench/results/review_loop.json
+    python bench/review_loop.py --audit-rate 0.25 --out bench/results/review_loop_audit25.json
 """
-
 from __future__ import annotations
 
 import argparse
@@ -30,6 +32,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -82,22 +85,20 @@ def send(url: str, images: list[bytes], prefix: str) -> tuple[float, float, dict
     return started, time.time() + 0.01, where
 
 
-def serve_traffic(run: Any, root: Path, windows: dict[str, tuple[list[bytes], list[str]]]) -> dict[str, Any]:
-    """A's bundle on Ray Serve for the traffic windows; each window's monitor, the truth
-    about its accepted answers, and the recorded answers of the drift window."""
+def serve_traffic(run: Any, windows: dict[str, tuple[list[bytes], list[str]]],
+                  audit_rate: float) -> dict[str, tuple[float, float, dict[tuple[str, int], int]]]:
+    """A's bundle on Ray Serve, recording with `audit_rate`, for the traffic windows:
+    each window's bounds and where each of its inputs went."""
     import ray
     from ray import serve
 
     from ray_app.cli.serve import start_serving
-    from ray_app.monitoring import monitor_run
     from ray_app.ray_runtime import free_port
-    from serve.bundle import load_bundle
     from serve.config import ServeConfig
-    from serve.decision_store import DecisionStore
-    from serve.decisions import default_directory_for_bundle
 
-    bundle = load_bundle(run.bundle_dir)
-    url = start_serving(ServeConfig.model_validate({"bundle": str(run.bundle_dir), "port": free_port()}))
+    config = ServeConfig.model_validate({"bundle": str(run.bundle_dir), "port": free_port(),
+                                         "decisions": {"audit_rate": audit_rate}})
+    url = start_serving(config)
     sent = {}
     try:
         for name, (images, _) in windows.items():
@@ -106,6 +107,18 @@ def serve_traffic(run: Any, root: Path, windows: dict[str, tuple[list[bytes], li
     finally:
         serve.shutdown()  # the replicas flush their decisions on a clean shutdown
         ray.shutdown()
+    return sent
+
+
+def window_reports(run: Any, root: Path, sent: dict[str, Any], windows: dict[str, Any]) -> dict[str, Any]:
+    """Each window's monitor (after the review: the audit sample's labels are in it)
+    beside the truth about its accepted answers, which the bench alone knows."""
+    from ray_app.monitoring import monitor_run
+    from serve.bundle import load_bundle
+    from serve.decision_store import DecisionStore
+    from serve.decisions import default_directory_for_bundle
+
+    bundle = load_bundle(run.bundle_dir)
     store = DecisionStore(default_directory_for_bundle(run.bundle_dir, bundle.manifest))
     report: dict[str, Any] = {}
     for name, (started, ended, where) in sent.items():
@@ -122,18 +135,19 @@ def serve_traffic(run: Any, root: Path, windows: dict[str, tuple[list[bytes], li
             "decisions": {d: monitor["decisions"][d]["rate"] for d in ("accept", "assist", "abstain")},
             "promised": {d: monitor["decisions"][d]["promised"] for d in ("accept", "assist", "abstain")},
             "estimated_accepted_accuracy": monitor["estimated_accuracy"],
+            "audited_accepted_accuracy": monitor["audited_accuracy"],
+            "measured_band_accuracy": monitor["measured_accuracy"],
             "true_accepted_accuracy": float(right[accepted].mean()) if accepted.any() else None,
             "true_accuracy": float(right.mean()),
         }
-    report["_where"] = sent  # for the reviewer: which input each answer was
     return report
 
 
 def review(run: Any, root: Path, sent: dict[str, Any], windows: dict[str, Any], budget: int) -> dict[str, Any]:
-    """The simulated person: the queue's assist and abstain answers (both windows: a
-    person sees one queue), least confident first, labelled with the truth up to
-    `budget`; then the export. Upright digits the source holds are exported too and
-    left out of training by the splits stage."""
+    """The simulated person: the queue's assist and abstain answers and the audit
+    sample of accepted ones (both windows: a person sees one queue), least confident
+    first, labelled with the truth up to `budget`; then the export. Upright digits the
+    source holds are exported too and left out of training by the splits stage."""
     from ray_app.review import ReviewQueue, export_reviewed, item_id
     from serve.bundle import load_bundle
 
@@ -143,7 +157,7 @@ def review(run: Any, root: Path, sent: dict[str, Any], windows: dict[str, Any], 
         labels = windows[name][1]
         truth.update({item_id(version, request, index): labels[row] for (request, index), row in where.items()})
     queue = ReviewQueue(run, root)
-    page = queue.queue(("assist", "abstain"), status="pending", limit=100_000)
+    page = queue.queue(("assist", "abstain", "accept"), status="pending", limit=100_000)
     by_decision: dict[str, int] = {}
     for item in page["items"][:budget]:
         queue.label(item["id"], truth[item["id"]], reviewer=REVIEWER)
@@ -175,8 +189,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="Where to write the JSON results.")
     parser.add_argument("--budget", type=int, default=10_000,
                         help="Most answers the simulated person labels (default: the whole queue).")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/ray_app_review_loop"), help="Runs go here.")
+    parser.add_argument("--audit-rate", type=float, default=None,
+                        help="decisions.audit_rate of the Serve app (default: its own default).")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="An empty or new directory for the runs, their decisions and reviews (default: a new "
+                        "temporary one). Never a used one: earlier answers and labels would join this loop's.")
     args = parser.parse_args()
+    if args.work is None:
+        args.work = Path(tempfile.mkdtemp(prefix="ray_app_review_loop-"))
+    elif args.work.exists() and any(args.work.iterdir()):
+        parser.error(f"--work {args.work} is not empty: give a new directory (earlier answers and labels would "
+                     "join this loop's)")
+    print(f"work directory: {args.work}", flush=True)
     from ray_app.runs import Run
 
     started = time.monotonic()
@@ -187,9 +211,12 @@ def main() -> None:
     train, train_labels = split_rows(run_a, "train")
     windows = {"control": (select, select_labels), "drift": ([quarter_turn(c) for c in train], train_labels)}
     print("serving A: control traffic, then drifted traffic ...", flush=True)
-    traffic = serve_traffic(run_a, args.work / "runs", windows)
-    sent = traffic.pop("_where")
+    from serve.config import DecisionRecording
+
+    audit_rate = DecisionRecording().audit_rate if args.audit_rate is None else args.audit_rate
+    sent = serve_traffic(run_a, windows, audit_rate)
     reviewed = review(run_a, args.work / "runs", sent, windows, args.budget)
+    traffic = window_reports(run_a, args.work / "runs", sent, windows)
     print(f"  the person labelled {reviewed['labelled']} of {reviewed['queue']} queued answers", flush=True)
     print("run B: the default config plus the export ...", flush=True)
     after = run_case("B", PRESET, [f"data.reviewed=[{reviewed['export']['path']}]"], args.work / "runs_reviewed")
@@ -200,7 +227,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.monotonic() - started, 1),
-        "run_a": before, "traffic": traffic, "review": reviewed,
+        "audit_rate": audit_rate, "run_a": before, "traffic": traffic, "review": reviewed,
         "run_b": {**after, "splits_reviewed": run_b.stage_info("splits")["reviewed"]},
         "held_out": {
             "val_test": {"A": held_out(run_a, test, test_labels), "B": held_out(run_b, test, test_labels)},

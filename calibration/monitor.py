@@ -10,7 +10,10 @@ single label arrives:
   Bernoulli variables, variance Σ p(1-p) / n²) to the calibration error measured on
   val_calib (ECE after temperature), since the confidences are only that well calibrated.
   The estimate holds while live inputs resemble the calibration data — which the drift
-  statistics check.
+  statistics check. Where they do not, the model can be confidently wrong and the
+  estimate stays high; the audit sample (a random share of accepted answers a person
+  labels) measures the accepted accuracy itself, and is flagged when its interval and
+  the estimate's do not meet.
 - **drift**: the live confidence histogram against val_calib's on the same bins (the
   calibration views' decision histogram): the population stability index (PSI; < 0.1
   stable, 0.1–0.25 moderate, > 0.25 a shift, by the usual reading), on 10 bins (the
@@ -142,6 +145,16 @@ def estimated_accuracy(accepted_confidence: np.ndarray, ece: float) -> dict[str,
             "high": min(1.0, estimate + spread + ece)}
 
 
+def measured_accuracy(correct: np.ndarray | None) -> dict[str, Any] | None:
+    """The share of reviewed answers that were right, with its Wilson interval (None
+    before any review)."""
+    if correct is None or not len(correct):
+        return None
+    right = int(np.sum(correct))
+    low, high = wilson_interval(right, len(correct))
+    return {"n": len(correct), "accuracy": right / len(correct), "low": low, "high": high}
+
+
 def decision_mix(decisions: np.ndarray, promised: dict[str, float]) -> dict[str, dict[str, Any]]:
     """Each decision's live rate, its interval and the rate promised on val_test."""
     n = len(decisions)
@@ -164,13 +177,15 @@ def monitor_window(
     drift_psi: float = DEFAULT_DRIFT_PSI,
     drift_p: float = DEFAULT_DRIFT_P,
     reviewed_correct: np.ndarray | None = None,
+    audited_correct: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """How one window of live answers compares with the calibration (see the module).
     `predictions`: the predicted label ids. A signal flags drift when its PSI exceeds
     `drift_psi` and its test rejects at `drift_p` (both: PSI alone is noisy on a small
     window, a test alone flags shifts too small to matter on a large one).
-    `reviewed_correct`: whether each reviewed answer in the window was right, for the
-    measured accuracy beside the estimate."""
+    `reviewed_correct`: whether each reviewed assist / abstain answer in the window was
+    right (the band's measured accuracy); `audited_correct`: the same for the audit
+    sample of accepted answers, which measures what the estimate estimates."""
     confidence = np.asarray(confidence, dtype=np.float64)
     decisions = np.asarray(decisions).astype(str)
     live = reference.bin_counts(confidence)
@@ -181,11 +196,11 @@ def monitor_window(
     n = len(confidence)
     by_confidence = bool(n and psi > drift_psi and p_value < drift_p)
     by_prediction = bool(n and class_psi > drift_psi and chi2_p < drift_p)
-    measured = None
-    if reviewed_correct is not None and len(reviewed_correct):
-        right = int(np.sum(reviewed_correct))
-        low, high = wilson_interval(right, len(reviewed_correct))
-        measured = {"n": len(reviewed_correct), "accuracy": right / len(reviewed_correct), "low": low, "high": high}
+    estimate = estimated_accuracy(confidence[decisions == ACCEPT], reference.ece)
+    audited = measured_accuracy(audited_correct)
+    if audited is not None:
+        audited["contradicts_estimate"] = bool(
+            estimate["estimate"] is not None and (audited["high"] < estimate["low"] or audited["low"] > estimate["high"]))
     return {
         "answers": n,
         "window_s": window_s,
@@ -202,6 +217,7 @@ def monitor_window(
                   "chi2_p_value": chi2_p, "psi_threshold": drift_psi, "p_threshold": drift_p,
                   "by_confidence": by_confidence, "by_prediction": by_prediction,
                   "flagged": by_confidence or by_prediction},
-        "estimated_accuracy": estimated_accuracy(confidence[decisions == ACCEPT], reference.ece),
-        "measured_accuracy": measured,
+        "estimated_accuracy": estimate,
+        "measured_accuracy": measured_accuracy(reviewed_correct),
+        "audited_accuracy": audited,
     }

@@ -54,13 +54,17 @@ def bundle_version(run: Run) -> str | None:
     return json.loads(manifest.read_text()).get("model_version") if manifest.is_file() else None
 
 
-def reviewed_correct(run: Run, runs_root: Any, model_version: str | None, since: float, until: float) -> np.ndarray:
+def reviewed_correct(run: Run, runs_root: Any, model_version: str | None, since: float,
+                     until: float) -> tuple[np.ndarray, np.ndarray]:
     """Whether each answer of the window that a person labelled was right (skips left
-    out). Reviewed answers are the assist band's, so their accuracy sits below the
-    accepted answers' by design: it checks the band, and the labels keep coming."""
-    reviews = ReviewQueue(run, Path(runs_root)).reviews(model_version)
-    return np.array([r.label == r.prediction for r in reviews.values()
-                     if not r.skipped and since <= r.answered_at < until], dtype=bool)
+    out), in two groups: the assist and abstain answers, whose accuracy sits below the
+    accepted answers' by design (it checks the band), and the audit sample of accepted
+    answers, a random sample whose accuracy is the accepted answers' own."""
+    reviews = [r for r in ReviewQueue(run, Path(runs_root)).reviews(model_version).values()
+               if not r.skipped and since <= r.answered_at < until]
+    band = np.array([r.label == r.prediction for r in reviews if r.decision != "accept"], dtype=bool)
+    audited = np.array([r.label == r.prediction for r in reviews if r.decision == "accept"], dtype=bool)
+    return band, audited
 
 
 def monitor_run(run: Run, runs_root: Any, window_s: float, model_version: str | None = None,
@@ -78,8 +82,9 @@ def monitor_run(run: Run, runs_root: Any, window_s: float, model_version: str | 
     confidence = np.array([a.confidence for a in answers], dtype=np.float64)
     decisions = np.array([a.decision for a in answers], dtype=str)
     predictions = np.array([a.label_id for a in answers], dtype=np.int64)
+    band, audited = reviewed_correct(run, runs_root, version, until - window_s, until)
     window = monitor_window(reference, confidence, decisions, predictions, window_s, drift_psi, drift_p,
-                            reviewed_correct=reviewed_correct(run, runs_root, version, until - window_s, until))
+                            reviewed_correct=band, audited_correct=audited)
     label_names = evaluation_labels(run)
     return {"run": run.name, "model_version": version, "versions": versions, "until": until,
             "label_names": label_names, "latency_ms": request_latency(answers), **window}

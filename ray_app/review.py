@@ -1,6 +1,8 @@
 """The review queue: the answers a served model sent to a person (assist, and abstain
-when asked), most uncertain first; the labels reviewers give them; and the export of
-those labels as a dataset a later run adds to its train split (`data.reviewed`).
+when asked), most uncertain first, and when asked the audit sample (accepted answers the
+Serve app kept the input of, `serve.decisions.in_audit_sample`); the labels reviewers
+give them; and the export of those labels as a dataset a later run adds to its train
+split (`data.reviewed`).
 
 Where things live, beside the decision store and outside the run (which stays as
 trained): `<runs root>/reviews/<run>/labels.sqlite` and `.../exports/<export id>.parquet`
@@ -63,7 +65,7 @@ from serve.decisions import store_directory
 REVIEWS_DIR = "reviews"
 LABELS_FILE = "labels.sqlite"
 EXPORTS_DIR = "exports"
-REVIEWABLE = ("assist", "abstain")
+REVIEWABLE = ("assist", "abstain", "accept")
 ReviewStatus = Literal["pending", "labelled", "skipped", "all"]
 REVIEW_STATUSES: tuple[str, ...] = get_args(ReviewStatus)
 DEFAULT_REVIEWER = "anonymous"
@@ -255,8 +257,8 @@ def _review(row: tuple[Any, ...]) -> Review:
 def check_decisions(decisions: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     wanted = tuple(dict.fromkeys(decisions))
     if not wanted or set(wanted) - set(REVIEWABLE):
-        raise InvalidRequest(f"decisions must be some of {list(REVIEWABLE)} (got {list(decisions)}); accepted "
-                             "answers are not reviewed")
+        raise InvalidRequest(f"decisions must be some of {list(REVIEWABLE)} (got {list(decisions)}); accept "
+                             "lists the audit sample: the accepted answers that kept their input")
     return wanted
 
 
@@ -291,7 +293,7 @@ class ReviewQueue:
         names = label_names(self.run)
         reviews = self.reviews(model_version)
         answers = self.answers.read(model_version=model_version, decisions=decisions, order_by="confidence",
-                                    with_inputs=False)
+                                    with_inputs=False, accepted_with_input_only=True)
         items = [QueueItem(answer_id(a), a, None) for a in answers]
         items = [QueueItem(i.id, i.answer, reviews.get(i.id)) for i in items]
         items.sort(key=lambda i: (i.answer.confidence, i.answer.answered_at, i.id))
@@ -317,7 +319,7 @@ class ReviewQueue:
     def find(self, item: str) -> QueueItem:
         """The item with its input, or ReviewItemNotFound."""
         review = self.reviews().get(item)
-        for answer in self.answers.read(decisions=REVIEWABLE, with_inputs=False):
+        for answer in self.answers.read(decisions=REVIEWABLE, with_inputs=False, accepted_with_input_only=True):
             if answer_id(answer) == item:
                 return QueueItem(item, self._answer_with_input(answer), review)
         if review is not None:  # reviewed, then let go by the decision store's retention

@@ -60,7 +60,16 @@ class DecisionRecording(StrictModel):
     keep_abstain_inputs: bool = Field(
         default=True,
         description="Keep the input (text, image bytes or pixels) of abstain answers for review; assist "
-        "answers always keep theirs, accept answers never do.",
+        "answers always keep theirs, accept answers only in the audit sample (audit_rate).",
+    )
+    audit_rate: float = Field(
+        default=0.02,
+        ge=0.0,
+        le=1.0,
+        description="Share of accept answers that keep their input too, for a person to check: the audit "
+        "sample. Chosen by a hash of (request id, input index), so every replica and a replay pick the same "
+        "answers. A random sample of accepted answers measures their accuracy without bias, which the "
+        "estimate from calibrated confidences cannot do once inputs drift onto confident mistakes. 0: none.",
     )
     max_age_days: float = Field(
         default=30.0, gt=0.0, description="Answers older than this are deleted (checked every retention_check_s)."

@@ -67,12 +67,17 @@ class DecisionStore:
         order_by: Literal["answered_at", "confidence"] = "answered_at",
         limit: int | None = None,
         with_inputs: bool = True,
+        accepted_with_input_only: bool = False,
     ) -> list[RecordedAnswer]:
         """Recorded answers, filtered: one model version, some decisions (e.g.
         ("assist", "abstain") for a review queue), answered in [since, until) (unix
         seconds). Ordered by time (oldest first) or by confidence (least confident
-        first, the review queue's order); at most `limit`."""
+        first, the review queue's order); at most `limit`. `accepted_with_input_only`:
+        accepted answers only when they kept their input (the audit sample), as a
+        review queue wants them."""
         where, parameters = self._filters(model_version, decisions, since, until)
+        if accepted_with_input_only:
+            where = (f"{where} AND" if where else "WHERE") + " (a.decision <> 'accept' OR a.input_kind IS NOT NULL)"
         if order_by not in ("answered_at", "confidence"):
             raise ValueError(f"order_by must be 'answered_at' or 'confidence', not {order_by!r}")
         if limit is not None and limit < 1:

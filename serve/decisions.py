@@ -13,7 +13,7 @@ default `<runs root>/decisions/<run>/<host>-<pid>-<replica>.sqlite`, in WAL mode
   survives a killed process; only a power loss or OS crash may lose the last batches
   (the WAL is not fsynced per commit), which buys not paying an fsync every second.
 * The later readers are queries: the review queue (assist / abstain, most uncertain
-  first) and the monitor (decision mix and confidences per model version) filter on
+  first, and the audit sample of accepted answers: `in_audit_sample`) and the monitor (decision mix and confidences per model version) filter on
   indexed columns, and a row can later carry its review state. SQLite is in Python's
   standard library: no new dependency.
 
@@ -33,6 +33,7 @@ same thread during a flush, across every replica's file of the directory.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import io
 import json
@@ -153,6 +154,18 @@ def _file_bytes(path: Path) -> int:
         except FileNotFoundError:
             pass
     return total
+
+
+def in_audit_sample(request_id: str, input_index: int, rate: float) -> bool:
+    """Whether an accepted answer keeps its input for the audit sample: the first 8 bytes
+    of a sha256 of (request id, input index) read as a number in [0, 1), below `rate`.
+    A hash, not a random draw: every replica, a retry and a replay choose alike, and
+    the choice cannot lean on the answer (its confidence or class), so the sample's
+    accuracy is the accepted answers' accuracy."""
+    if rate <= 0.0:
+        return False
+    digest = hashlib.sha256(f"{request_id}\x00{int(input_index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
 
 
 def writer_file(directory: Path, replica: str) -> Path:
@@ -293,8 +306,10 @@ class DecisionRecorder:
             for request in requests:
                 policy_id = self._policy_id(request.policy)
                 for index, prediction in enumerate(request.predictions):
-                    kind, content = (self._review_input(request, index) if prediction.decision in self.keep
-                                     else (None, None))
+                    kept = prediction.decision in self.keep or (
+                        prediction.decision == "accept"
+                        and in_audit_sample(request.request_id, index, self.settings.audit_rate))
+                    kind, content = self._review_input(request, index) if kept else (None, None)
                     top_k = json.dumps([[k.label_id, k.label, k.probability] for k in prediction.top_k])
                     rows.append((request.answered_at, request.request_id, index, request.model_version,
                                  prediction.label, prediction.label_id, prediction.confidence, prediction.decision,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ray_app.errors import UserError
 
-DECISION_CHOICES = ("assist", "abstain", "assist,abstain")
+DECISION_CHOICES = ("assist", "abstain", "assist,abstain", "accept", "assist,abstain,accept")
 
 
 def add_review_arguments(parser: argparse.ArgumentParser) -> None:

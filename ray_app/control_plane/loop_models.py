@@ -65,6 +65,12 @@ class MeasuredAccuracy(BaseModel):
     high: float = Field(description="Upper end.")
 
 
+class AuditedAccuracy(MeasuredAccuracy):
+    contradicts_estimate: bool = Field(
+        description="The audit's interval and the estimate's do not meet: the confidences no longer tell how "
+        "often accepted answers are right (typically inputs unlike the calibration data, confidently misread).")
+
+
 class RequestLatency(BaseModel):
     requests: int = Field(description="Requests with a recorded latency in the window.")
     p50: float | None = Field(description="Median time a replica took to answer a request, in ms.")
@@ -87,7 +93,11 @@ class MonitorWindow(BaseModel):
     predicted: PredictedClasses = Field(description="Live predicted classes against val_test's.")
     drift: Drift = Field(description="Whether live confidences moved away from the calibration data's.")
     estimated_accuracy: AccuracyEstimate = Field(description="Accuracy of the accepted answers, estimated without labels.")
-    measured_accuracy: MeasuredAccuracy | None = Field(description="Accuracy on reviewed answers (null: none reviewed).")
+    measured_accuracy: MeasuredAccuracy | None = Field(
+        description="Accuracy on reviewed assist and abstain answers (null: none reviewed).")
+    audited_accuracy: AuditedAccuracy | None = Field(
+        description="Accuracy on the reviewed audit sample of accepted answers: what the estimate estimates, "
+        "measured (null: none reviewed).")
 
 
 # --- the review queue (ray_app.review): the answers sent to a person, and their labels ---

@@ -373,6 +373,42 @@ def test_the_monitor_shows_served_answers_and_three_assist_answers_are_labelled_
     both = http.get(f"{api}/runs/{run}/review", params={"decisions": "assist,abstain"}, timeout=30).json()["counts"]
     assert both["pending"] > assist - 3  # the abstained answers too
     assert tab.inner_text("#review-counts").startswith(f"{both['pending']} answers to review")
+
+    # The audit sample: the accepted answers whose (request id, index) hashed into the
+    # Serve app's audit rate kept their inputs, and only those are listed.
+    from ray_app.review import item_id
+    from serve.config import DecisionRecording
+    from serve.decisions import in_audit_sample
+
+    version, rate = monitor["model_version"], DecisionRecording().audit_rate
+    sent = [("in-range", i) for i in range(len(images))] + [("inverted", i) for i in range(len(images))]
+    sampled = {item_id(version, request, index) for (request, index), p in zip(sent, answered, strict=True)
+               if p.decision == "accept" and in_audit_sample(request, index, rate)}
+    listed = http.get(f"{api}/runs/{run}/review", params={"decisions": "accept", "limit": 500}, timeout=30).json()
+    assert {i["id"] for i in listed["items"]} == sampled
+    # Every accepted inverted digit audited (a rate of 1) and labelled with its true digit:
+    # the monitor measures the accepted answers' accuracy, and the run page shows it.
+    truth = [str(label) for label in pq.read_table(run_dir / "splits" / "val_test").to_pydict()["label"]]
+    audited = answer_and_record(run_dir / "bundle", control_plane.runs, [_inverted(c) for c in images], "audited",
+                                DecisionRecording(audit_rate=1.0))
+    for index, answer in enumerate(audited):
+        if answer.decision == "accept":
+            item = item_id(version, "audited", index)
+            http.put(f"{api}/runs/{run}/review/items/{item}", json={"label": truth[index]}, timeout=30).raise_for_status()
+    checked = http.get(f"{api}/runs/{run}/monitor", params={"window_s": 3600}, timeout=30).json()
+    accepted = [(a.label == truth[i]) for i, a in enumerate(audited) if a.decision == "accept"]
+    assert checked["audited_accuracy"]["n"] == len(accepted) > 0
+    assert checked["audited_accuracy"]["accuracy"] == pytest.approx(sum(accepted) / len(accepted))
+    assert checked["measured_accuracy"]["n"] == 3  # the band's three labels, counted apart
+    tab.goto(f"/runs/{run}")
+    tab.wait_for_selector("#monitor-body:not([hidden])", timeout=60_000)
+    audit = checked["audited_accuracy"]
+    assert f"{100 * audit['accuracy']:.1f}% of {audit['n']}" in tab.inner_text("#monitor-stats")
+    shown = tab.is_visible("#monitor-audit")
+    assert shown == (checked["drift"]["flagged"] or audit["contradicts_estimate"])
+    if audit["contradicts_estimate"]:
+        assert "confidently wrong" in tab.inner_text("#monitor-audit")
+    tab.locator("#monitor-card").screenshot(path=str(screenshots / "monitor-audit.png"))
     console.check()
 
 
@@ -400,7 +436,7 @@ def test_a_rerun_from_the_run_page_trains_on_the_reviewed_labels(
                              timeout=30).json()
         for item in queue["items"]:
             http.put(f"{api}/runs/{run}/review/items/{item['id']}", json={"label": "3"}, timeout=30)
-    labelled = http.get(f"{api}/runs/{run}/review", params={"decisions": "assist,abstain", "limit": 1},
+    labelled = http.get(f"{api}/runs/{run}/review", params={"decisions": "assist,abstain,accept", "limit": 1},
                         timeout=30).json()["counts"]["labelled"]
     export = http.post(f"{api}/runs/{run}/review/export", timeout=60).json()  # what the rerun will read
     assert export["rows"] == labelled >= 3

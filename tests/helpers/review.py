@@ -54,10 +54,11 @@ def digit_pixels(index: int) -> np.ndarray:
     return np.rint(load_digits().images[index] * (255.0 / 16.0))
 
 
-def record(runs: Path, run: str, answers: list[Answered]) -> None:
+def record(runs: Path, run: str, answers: list[Answered], audit_rate: float = 0.0) -> None:
     """Record `answers` as a Serve replica does (one request per request id), then
-    close the recorder, which writes them."""
-    settings = DecisionRecording(flush_interval_s=60.0, retention_check_s=3600.0)
+    close the recorder, which writes them. `audit_rate` 1.0 keeps every accepted
+    answer's input (0.0, none: a test says which accepted answers it reviews)."""
+    settings = DecisionRecording(flush_interval_s=60.0, retention_check_s=3600.0, audit_rate=audit_rate)
     recorder = DecisionRecorder(store_directory(runs, run), settings, "replica-0")
     by_request: dict[tuple[str, str], list[Answered]] = {}
     for answer in answers:
@@ -77,11 +78,13 @@ def record(runs: Path, run: str, answers: list[Answered]) -> None:
     recorder.close()
 
 
-def answer_and_record(bundle_dir: Path, runs_root: Path, images: list[bytes], request_id: str) -> list[Prediction]:
+def answer_and_record(bundle_dir: Path, runs_root: Path, images: list[bytes], request_id: str,
+                      recording: DecisionRecording | None = None) -> list[Prediction]:
     """The bundle's answers to `images` (PNG bytes), recorded where its Serve app would
     record them: a replica's path without the HTTP in front (prepare, the forward,
     the policy's answer, `DecisionRecorder.record`), so the dashboard's tests get a
-    real model's answers without starting Serve."""
+    real model's answers without starting Serve. `recording`: the Serve app's
+    defaults unless given."""
     import base64
 
     from serve.bundle import load_bundle
@@ -97,7 +100,7 @@ def answer_and_record(bundle_dir: Path, runs_root: Path, images: list[bytes], re
     prepared = predictor.prepare(request, max_inputs=len(images))
     logits = np.stack(predictor.logits_or_errors(prepared))  # type: ignore[arg-type]
     predictions = predictor.answer(logits, bundle.policy, top_k=3)
-    recorder = DecisionRecorder(default_directory_for_bundle(bundle_dir, bundle.manifest), DecisionRecording(),
+    recorder = DecisionRecorder(default_directory_for_bundle(bundle_dir, bundle.manifest), recording or DecisionRecording(),
                                 f"test-{request_id}")
     recorder.record(request_id, bundle.model_version, bundle.policy, predictions, request.inputs, prepared,
                     latency_ms=1000 * (time.perf_counter() - started))

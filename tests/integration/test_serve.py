@@ -23,9 +23,9 @@ from PIL import Image
 
 from calibration.policy import Policy
 from serve.bundle import load_bundle
-from serve.config import ServeConfig
+from serve.config import DecisionRecording, ServeConfig
 from serve.decision_store import DecisionStore, RecordedAnswer
-from serve.decisions import default_directory_for_bundle
+from serve.decisions import default_directory_for_bundle, in_audit_sample
 from serve.predictor import BundlePredictor, PredictInput, PredictRequest
 from tests.helpers.fuzz import fuzz
 
@@ -202,6 +202,9 @@ def test_reconfigure_changes_decisions_without_a_restart(endpoint: str, deploy_a
     assert restored["policy"] == before_meta["policy"] and restored["replica"]["id"] == before_meta["replica"]["id"]
 
 
+AUDIT_RATE = DecisionRecording().audit_rate  # the Serve apps here record with the defaults
+
+
 def recorded(store: DecisionStore, request_ids: set[str], expected_rows: int, timeout_s: float = 20.0
              ) -> list[RecordedAnswer]:
     """The store's answers to these requests, once all `expected_rows` are there."""
@@ -251,8 +254,8 @@ def test_every_answer_is_recorded_with_its_decision_and_review_input(endpoint: s
         assert row.confidence == pytest.approx(prediction["confidence"], abs=1e-12)
         assert row.top_k == [(k["label_id"], k["label"], pytest.approx(k["probability"])) for k in prediction["top_k"]]
         assert Policy.model_validate(row.policy) == band  # the policy in force, after the reconfigure
-        if row.decision == "accept":
-            assert row.input is None
+        if row.decision == "accept" and not in_audit_sample(row.request_id, row.input_index, AUDIT_RATE):
+            assert row.input is None  # accepted outside the audit sample: nothing for a person to see
         elif row.request_id == as_images:
             assert row.input_kind == "image" and row.input == images[row.input_index]
         else:
@@ -297,7 +300,12 @@ def test_the_monitor_flags_shifted_traffic_and_not_traffic_like_the_calibration_
     time.sleep(0.05)
     shifted_from, shifted_to, shifted_ids = send([_rotate(c) for c in images] * 2)
     store = DecisionStore(default_directory_for_bundle(smoke_bundle, load_bundle(smoke_bundle).manifest))
-    assert len(recorded(store, steady_ids | shifted_ids, 4 * len(images))) == 4 * len(images)
+    rows = recorded(store, steady_ids | shifted_ids, 4 * len(images))
+    assert len(rows) == 4 * len(images)
+    # The accepted answers a hash put in the audit sample kept their inputs, and only they.
+    audited = {(r.request_id, r.input_index) for r in rows if r.decision == "accept" and r.input is not None}
+    assert audited == {(r.request_id, r.input_index) for r in rows
+                       if r.decision == "accept" and in_audit_sample(r.request_id, r.input_index, AUDIT_RATE)}
 
     steady = monitor_run(run, runs_root, window_s=steady_to - steady_from + 0.01, now=steady_to + 0.01)
     shifted = monitor_run(run, runs_root, window_s=shifted_to - shifted_from + 0.01, now=shifted_to + 0.01)

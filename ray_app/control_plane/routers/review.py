@@ -28,8 +28,9 @@ ItemId = Annotated[str, Path(min_length=1, max_length=64, description="The item'
             summary="The review queue: answers sent to a person, least confident first, with counts per status")
 def review_queue(
     queue: RunReviews,
-    decisions: Annotated[str, Query(pattern=r"^(assist|abstain)(,(assist|abstain))?$",
-                                    description="Which answers: assist, abstain, or assist,abstain.")] = "assist",
+    decisions: Annotated[str, Query(pattern=r"^(assist|abstain|accept)(,(assist|abstain|accept)){0,2}$",
+                                    description="Which answers, comma-separated: assist, abstain, accept (the "
+                                    "audit sample: accepted answers that kept their input).")] = "assist",
     status: Annotated[ReviewStatus, Query(description="pending, labelled, skipped or all.")] = "pending",
     model_version: Annotated[str | None, Query(max_length=200, description="Only this model version's answers.")] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="Items per page.")] = 50,

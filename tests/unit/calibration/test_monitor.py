@@ -119,3 +119,27 @@ def test_a_window_of_shifted_answers_is_flagged_and_its_mix_is_off_the_promise()
     reviewed = monitor_window(reference, live, guardrail_decisions(live, 0.6, 0.2), classes, 60, 0.2,
                               reviewed_correct=np.array([True, True, False, True]))
     assert reviewed["measured_accuracy"]["accuracy"] == 0.75 and reviewed["measured_accuracy"]["n"] == 4
+    assert reviewed["audited_accuracy"] is None
+
+
+def test_an_audit_that_disagrees_with_the_estimate_is_flagged() -> None:
+    """Confidently wrong answers keep the estimate high; a labelled random sample of the
+    accepted answers is what shows it, and only when the intervals do not meet."""
+    rng = np.random.default_rng(7)
+    ref_conf = calibrated_sample(rng, 4000)
+    reference = reference_from(ref_conf, {"accept": 0.6, "assist": 0.2, "abstain": 0.2})
+    live = calibrated_sample(rng, 600)
+    decisions = guardrail_decisions(live, 0.6, 0.2)
+    classes = rng.integers(0, 4, size=600)
+    estimate = monitor_window(reference, live, decisions, classes, 60)["estimated_accuracy"]["estimate"]
+
+    wrong = monitor_window(reference, live, decisions, classes, 60, audited_correct=np.array([True] * 2 + [False] * 18))
+    assert wrong["audited_accuracy"]["n"] == 20 and wrong["audited_accuracy"]["accuracy"] == 0.1
+    assert wrong["audited_accuracy"]["high"] < wrong["estimated_accuracy"]["low"]
+    assert wrong["audited_accuracy"]["contradicts_estimate"]
+    assert wrong["measured_accuracy"] is None  # the band's reviews are counted apart
+
+    right_share = round(estimate * 20)
+    agreeing = monitor_window(reference, live, decisions, classes, 60,
+                              audited_correct=np.array([True] * right_share + [False] * (20 - right_share)))
+    assert not agreeing["audited_accuracy"]["contradicts_estimate"]

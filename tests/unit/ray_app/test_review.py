@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from ray_app.errors import (
     NothingToExport,
     ReviewItemNotFound,
 )
+from ray_app.monitoring import reviewed_correct
 from ray_app.review import (
     ReviewQueue,
     export_reviewed,
@@ -76,8 +78,10 @@ def test_the_queue_is_least_confident_first_with_counts_and_filters(queue: Revie
     one_version = queue.queue(model_version=OTHER_VERSION)
     assert [i["model_version"] for i in one_version["items"]] == [OTHER_VERSION]
     assert ids(queue.queue(limit=2, offset=1)) == ids(page)[1:3]
-    with pytest.raises(InvalidRequest, match="accepted answers are not reviewed"):
-        queue.queue(decisions=("accept",))
+    audit = queue.queue(decisions=("accept",))
+    assert audit["total"] == 0 and audit["items"] == []  # r5 was accepted outside the audit sample: no input kept
+    with pytest.raises(InvalidRequest, match="accept lists the audit sample"):
+        queue.queue(decisions=("rejected",))
 
 
 def test_label_skip_undo_and_every_refusal(queue: ReviewQueue) -> None:
@@ -109,6 +113,31 @@ def test_label_skip_undo_and_every_refusal(queue: ReviewQueue) -> None:
     with pytest.raises(ReviewItemNotFound, match="no review to undo"):
         queue.undo(third)
     assert labels_path(queue.runs_root, "digits_run") == reviews_directory(queue.runs_root, "digits_run") / "labels.sqlite"
+
+
+def test_the_audit_sample_is_reviewed_exported_and_measured_apart_from_the_band(queue: ReviewQueue,
+                                                                                 capsys: pytest.CaptureFixture) -> None:
+    """Accepted answers that kept their input (the audit sample) are a queue of their
+    own; their labels are exported like any, and the monitor counts them apart: they
+    measure the accepted answers' accuracy, the band's reviews do not."""
+    runs = queue.runs_root
+    record(runs, "digits_run", [Answered("a1", 0, 0.97, "accept", "4", digit_pixels(4)),
+                                Answered("a2", 0, 0.93, "accept", "6", digit_pixels(16))], audit_rate=1.0)
+    audit = queue.queue(decisions=("accept",))
+    assert [i["id"] for i in audit["items"]] == [item_id(VERSION, "a2", 0), item_id(VERSION, "a1", 0)]
+    assert all(i["decision"] == "accept" and i["input_kind"] == "pixels" for i in audit["items"])
+    assert queue.queue(decisions=("assist", "abstain", "accept"))["total"] == 8  # r5 still left out
+    assert queue.item_detail(item_id(VERSION, "a1", 0))["input"]["kind"] == "image"
+    assert main(["review", "list", "digits_run", "--runs-root", str(runs), "--decisions", "accept", "--json"]) == 0
+    assert [i["id"] for i in json.loads(capsys.readouterr().out)["items"]] == [i["id"] for i in audit["items"]]
+
+    queue.label(item_id(VERSION, "a1", 0), "4")
+    queue.label(item_id(VERSION, "a2", 0), "5")  # the model said 6
+    queue.label(item_id(VERSION, "r2", 0), "3")  # the assist answer said 3
+    band, audited = reviewed_correct(queue.run, runs, VERSION, 0.0, time.time() + 1)
+    assert sorted(audited.tolist()) == [False, True] and band.tolist() == [True]
+    exported = export_reviewed(queue.run, runs)
+    assert exported["rows"] == 3 and exported["label_counts"] == {"3": 1, "4": 1, "5": 1}
 
 
 def test_an_item_shows_its_pixels_as_a_png(queue: ReviewQueue) -> None:

@@ -26,6 +26,7 @@ from serve.decision_store import DecisionStore
 from serve.decisions import (
     DecisionRecorder,
     default_directory_for_bundle,
+    in_audit_sample,
     open_recorder,
     store_directory,
     store_files,
@@ -135,6 +136,24 @@ def test_abstain_inputs_are_dropped_when_not_kept(tmp_path: Path) -> None:
     by_request = {r.request_id: r for r in DecisionStore(tmp_path).read()}
     assert by_request["abstained"].input is None and by_request["abstained"].decision == "abstain"
     assert by_request["assisted"].input == "assisted text 0" and by_request["assisted"].input_kind == "text"
+
+
+def test_the_audit_sample_keeps_the_inputs_of_a_hashed_share_of_accepted_answers(tmp_path: Path) -> None:
+    recorder = DecisionRecorder(tmp_path, DecisionRecording(audit_rate=0.25, **NEVER), replica="r")
+    for i in range(400):
+        record_texts(recorder, f"req-{i}", [0.95, 0.97], decision="accept")
+    record_texts(recorder, "assisted", [0.6], decision="assist")
+    recorder.close()
+    rows = DecisionStore(tmp_path).read()
+    kept = {(r.request_id, r.input_index) for r in rows if r.decision == "accept" and r.input is not None}
+    assert kept == {(f"req-{i}", j) for i in range(400) for j in range(2) if in_audit_sample(f"req-{i}", j, 0.25)}
+    assert 160 <= len(kept) <= 240  # a quarter of 800, within ±5 standard deviations (12)
+    assert all(r.input == f"{r.request_id} text {r.input_index}" for r in rows if r.input is not None)
+    assert next(r for r in rows if r.request_id == "assisted").input == "assisted text 0"
+    audit = DecisionStore(tmp_path).read(decisions=("accept",), accepted_with_input_only=True, with_inputs=False)
+    assert {(r.request_id, r.input_index) for r in audit} == kept
+    assert in_audit_sample("req-1", 0, 0.0) is False and in_audit_sample("req-1", 0, 1.0) is True
+    assert [in_audit_sample("x", i, 0.5) for i in range(20)] == [in_audit_sample("x", i, 0.5) for i in range(20)]
 
 
 def test_the_thread_flushes_every_interval_and_close_writes_the_rest(tmp_path: Path) -> None:

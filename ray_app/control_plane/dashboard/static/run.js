@@ -126,7 +126,7 @@ function pointReviewLink(run) {
 // Once people have labelled some of its served answers, the run can be trained again on
 // its source plus those labels: the server exports them and adds them to data.reviewed.
 async function showReviewedChoice() {
-  const queue = await api(`${path}/review?decisions=assist,abstain&status=labelled&limit=1`);
+  const queue = await api(`${path}/review?decisions=assist,abstain,accept&status=labelled&limit=1`);
   const labelled = queue.counts.labelled;
   document.getElementById("rerun-reviewed-count").textContent = plural(labelled, "reviewed label");
   document.getElementById("rerun-reviewed-box").hidden = labelled === 0;
@@ -433,10 +433,25 @@ async function showMonitor() {
   ].filter(Boolean);
   banner.textContent = drift.flagged
     ? `Drift: ${moved.join(", and ")} (flagged at PSI > ${num(drift.psi_threshold, 2)} with p < ${drift.p_threshold}). `
-      + "The inputs no longer look like the data the model was checked on; the accuracy estimate may not hold."
+      + "The inputs no longer look like the data the model was checked on; the accuracy estimate may not hold: "
+      + "label the audit sample of accepted answers to measure it."
     : `No drift: ${confidenceSays}; ${predictionSays} (flagged at PSI > ${num(drift.psi_threshold, 2)} with p < ${drift.p_threshold}).`;
   const estimate = view.estimated_accuracy;
   const measured = view.measured_accuracy;
+  const audited = view.audited_accuracy;
+  const auditLink = `/runs/${encodeURIComponent(name)}/review?decisions=accept`;
+  const auditNote = document.getElementById("monitor-audit");
+  auditNote.hidden = !(drift.flagged || (audited && audited.contradicts_estimate));
+  auditNote.className = audited && audited.contradicts_estimate ? "errors" : "notice";
+  auditNote.replaceChildren(
+    audited && audited.contradicts_estimate
+      ? `People labelled ${plural(audited.n, "accepted answer")} of the audit sample: ${pct(audited.accuracy)} were right `
+        + `(${pct(audited.low)}–${pct(audited.high)}), against an estimated ${pct(estimate.estimate)}. `
+        + "The model is confidently wrong on this traffic; its confidences no longer say how it is doing. "
+      : `${audited ? `${plural(audited.n, "audited answer")} so far. ` : "No audited answer yet. "}`
+        + "The audit sample is a random share of the accepted answers, kept for a person to check. ",
+    h("a", { href: auditLink, text: "Review the audit sample" }),
+  );
   document.getElementById("monitor-stats").replaceChildren(
     stat("Answers / s", num(view.request_rate, 2)),
     stat("Latency p50 / p99", view.latency_ms.requests ? `${num(view.latency_ms.p50, 1)} / ${num(view.latency_ms.p99, 1)} ms` : "–",
@@ -444,7 +459,10 @@ async function showMonitor() {
     stat("Estimated accuracy (accepted)", estimate.estimate === null ? "–" : `${pct(estimate.estimate)} (${pct(estimate.low)}–${pct(estimate.high)})`,
       "Mean calibrated confidence of the accepted answers; the range adds the sampling spread and val_calib's ECE."),
     stat("Accepted accuracy on val_test", num(detail.evaluation && detail.evaluation.policy && detail.evaluation.policy.accepted_accuracy)),
-    stat("Measured on reviewed answers", measured ? `${pct(measured.accuracy)} of ${measured.n}` : "none reviewed"),
+    stat("Audited accepted answers", audited ? `${pct(audited.accuracy)} of ${audited.n} (${pct(audited.low)}–${pct(audited.high)})` : "none audited",
+      "Accuracy on the reviewed audit sample: a random share of the accepted answers, labelled by people."),
+    stat("Measured on reviewed assist / abstain", measured ? `${pct(measured.accuracy)} of ${measured.n}` : "none reviewed",
+      "Below the accepted answers' accuracy by design: these are the answers the policy did not trust."),
   );
   const shares = (counts) => { const total = counts.reduce((a, b) => a + b, 0) || 1; return counts.map((c) => c / total); };
   const centers = view.confidence.edges.slice(0, -1).map((e, i) => (e + view.confidence.edges[i + 1]) / 2);

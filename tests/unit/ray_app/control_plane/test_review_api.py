@@ -96,7 +96,8 @@ def test_bad_requests_get_a_specific_4xx(server: Any) -> None:
     check(requests.put(f"{url}{API}/items/0123456789abcdef", json={"label": "1"}), 404, "not found",
           "no review item '0123456789abcdef'")
     check(requests.get(f"{url}{API}/items/0123456789abcdef"), 404, "not found")
-    check(requests.get(f"{url}{API}", params={"decisions": "accept"}), 422, "invalid request")
+    check(requests.get(f"{url}{API}", params={"decisions": "accepted"}), 422, "invalid request")
+    check(requests.get(f"{url}{API}", params={"decisions": "assist,assist,abstain,accept"}), 422, "invalid request")
     check(requests.get(f"{url}{API}", params={"status": "done"}), 422, "invalid request")
     check(requests.get(f"{url}/api/v1/runs/no_such_run/review"), 404, "not found", "no run named 'no_such_run'")
 
