@@ -68,7 +68,7 @@ class DecisionRecording(StrictModel):
         le=1.0,
         description="Share of accept answers that keep their input too, for a person to check: the audit "
         "sample. Chosen by a hash of (request id, input index), so every replica and a replay pick the same "
-        "answers. A random sample of accepted answers measures their accuracy without bias, which the "
+        "answers (a client that sends its own x-request-id should make it unique per request, as Serve's are). A random sample of accepted answers measures their accuracy without bias, which the "
         "estimate from calibrated confidences cannot do once inputs drift onto confident mistakes. 0: none.",
     )
     max_age_days: float = Field(

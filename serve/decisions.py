@@ -13,8 +13,9 @@ default `<runs root>/decisions/<run>/<host>-<pid>-<replica>.sqlite`, in WAL mode
   survives a killed process; only a power loss or OS crash may lose the last batches
   (the WAL is not fsynced per commit), which buys not paying an fsync every second.
 * The later readers are queries: the review queue (assist / abstain, most uncertain
-  first, and the audit sample of accepted answers: `in_audit_sample`) and the monitor (decision mix and confidences per model version) filter on
-  indexed columns, and a row can later carry its review state. SQLite is in Python's
+  first, and the audit sample of accepted answers: `in_audit_sample`) and the monitor
+  (decision mix and confidences per model version) filter on indexed columns, and a
+  row can later carry its review state. SQLite is in Python's
   standard library: no new dependency.
 
 Parquet segments written as tmp + rename were the alternative: columnar and compact,
