@@ -119,7 +119,21 @@ def _guardrail(
                                        tune_dir, g.max_concurrent_trials)
     if best_band["accepted"]:
         marks["guardrail (accepted)"] = (best_band["coverage"], 1.0 - best_band["accepted_accuracy"])
-    return {**best_band, "center_mode": g.center_mode, "trials": len(trials), "results": trials}
+    return {**best_band, "center_mode": g.center_mode, "max_assist_rate": g.max_assist_rate,
+            "min_coverage": g.min_coverage, "trials": len(trials), "results": trials}
+
+
+def _no_feasible_band(band: dict[str, Any]) -> str:
+    """Why the guardrail found no band, with the most the grid could accept within the
+    assist limit: the number a person needs to choose a min_coverage that works."""
+    limit, wanted = band["max_assist_rate"], band["min_coverage"]
+    within = [row for row in band["results"] if row["assist_rate"] <= limit + 1e-12]
+    reach = (f"the most any band accepted within the assist limit was {max(r['coverage'] for r in within):.0%} "
+             "(center {center:g}, width {width:g})".format(**max(within, key=lambda r: r["coverage"]))
+             if within else "every band of the grid sent more than that to a person")
+    return (f"policy guardrail: no band met max_assist_rate {limit:g} and min_coverage {wanted:g} on val_calib: "
+            f"{reach}. The model is unsure of too much of val_calib: lower calibration.guardrail.min_coverage "
+            "or the lowest of calibration.guardrail.centers, raise max_assist_rate, or train a surer model")
 
 
 def policy_from(rule: str, temperature: float, results: dict[str, Any]) -> Policy:
@@ -129,10 +143,7 @@ def policy_from(rule: str, temperature: float, results: dict[str, Any]) -> Polic
     if rule == "guardrail":
         band = results["guardrail"]
         if not band["feasible"]:
-            raise CalibrationError(
-                "policy guardrail: no band met max_assist_rate and min_coverage on val_calib; "
-                "relax calibration.guardrail.max_assist_rate / min_coverage or widen the grid"
-            )
+            raise CalibrationError(_no_feasible_band(band))
         return Policy(temperature=temperature, rule="guardrail", center=band["center"], width=band["width"])
     if rule == "risk_control":
         controlled = results["risk_control"]

@@ -26,7 +26,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         try:
             fitted = fit_calibration(logits, labels, cfg.calibration, run.calibration_tune_dir)
         except CalibrationError as exc:
-            raise UserError(f"calibration of run '{run.name}': {exc}") from None
+            # Training is the expensive part and it succeeded: say how to reuse it.
+            raise UserError(f"calibration of run '{run.name}': {exc}. The trained model is kept: `ray-app calibrate "
+                            f"{run.name} -o calibration.<key>=<value>` (or a launch of the changed config with "
+                            "on_exists resume) calibrates it again without training") from None
         results = {"run": run.name, **fitted.results}
         with staged_directory(run.calibration.root) as staging:
             files = CalibrationLayout(staging)

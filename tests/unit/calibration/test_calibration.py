@@ -188,3 +188,27 @@ def test_evaluate_under_policy_counts() -> None:
     policy = metrics["policy"]
     assert policy["coverage"] == 0.5 and policy["accepted_accuracy"] == 1.0 and policy["selective_risk"] == 0.0
     assert policy["abstain_rate"] == 0.5 and policy["assist_rate"] == 0.0
+
+
+def test_a_guardrail_with_no_feasible_band_says_what_the_grid_could_reach() -> None:
+    from calibration.fit import policy_from
+
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.1, 0.6, 400)  # a model unsure of most inputs
+    correct = rng.random(400) < confidence
+    centers, widths = [0.5, 0.7], [0.0, 0.4]
+    best, rows = exhaustive_guardrail(confidence, correct, centers, widths, 0.1, 0.5)
+    assert not best["feasible"]
+    band = {**best, "max_assist_rate": 0.1, "min_coverage": 0.5, "results": rows}
+    reach = max((r for r in rows if r["assist_rate"] <= 0.1), key=lambda r: r["coverage"])
+    assert (reach["center"], reach["width"]) == (0.5, 0.0)
+    with pytest.raises(CalibrationError) as raised:
+        policy_from("guardrail", 1.0, {"guardrail": band})
+    assert str(raised.value).startswith(
+        "policy guardrail: no band met max_assist_rate 0.1 and min_coverage 0.5 on val_calib: the most any band "
+        f"accepted within the assist limit was {reach['coverage']:.0%} (center 0.5, width 0). ")
+    assert "lower calibration.guardrail.min_coverage" in str(raised.value)
+    # Every band over the assist limit: the message says that instead of a coverage.
+    over = [{**r, "assist_rate": 0.5} for r in rows]
+    with pytest.raises(CalibrationError, match="every band of the grid sent more than that to a person"):
+        policy_from("guardrail", 1.0, {"guardrail": {**band, "results": over}})
