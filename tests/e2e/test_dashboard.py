@@ -159,7 +159,9 @@ def test_launch_form_keeps_the_template_shows_errors_saves_and_launches(
     assert widths_error.startswith("item 2: ") and "'abc'" in widths_error, widths_error
     assert tab.is_hidden("#form-errors"), tab.inner_text("#form-errors")  # nothing left unplaced
     tab.fill("#family-params [data-param='hidden_size']", "32")
-    tab.fill("[data-key='calibration.guardrail.widths']", "0, 0.05, 0.1")
+    # One width, no band: this run's policy accepts or abstains, as the default preset's
+    # sweep chose on its own; the run page's review link must then lead to the abstentions.
+    tab.fill("[data-key='calibration.guardrail.widths']", "0")
     tab.click("#launch")
     tab.wait_for_selector("label.invalid [data-key='training.lr']")
     assert tab.locator("#family-params label.invalid").count() == 0
@@ -198,7 +200,7 @@ def test_launch_form_keeps_the_template_shows_errors_saves_and_launches(
 
 
 def test_the_run_page_follows_training_then_shows_what_the_model_learned(
-    page: tuple[Any, Console], screenshots: Path
+    page: tuple[Any, Console], control_plane: ControlPlaneServer, screenshots: Path
 ) -> None:
     tab, console = page
     assert tab.url.endswith("/runs/smoke_vit_baseline_s1")
@@ -257,6 +259,13 @@ def test_the_run_page_follows_training_then_shows_what_the_model_learned(
             assert section.locator(".empty-story").count() == 0
     assert "ray-app serve" in tab.inner_text("#serve") and "smoke_vit_baseline_s1@" in tab.inner_text("#serve")
     assert "val_test accuracy" in tab.inner_text("#summary").lower()
+    # Its guardrail had one width to try (the launch form's), so no assist band: a person
+    # is sent the abstained answers, and the review link says so and opens on them.
+    policy = control_plane.session().get(f"{control_plane.api}/runs/smoke_vit_baseline_s1", timeout=10).json()[
+        "evaluation"]["policy"]
+    assert policy["assist_rate"] == 0 and policy["abstain_rate"] > 0, policy
+    assert tab.inner_text("#review-link") == "Review the abstained answers"
+    assert tab.get_attribute("#review-link", "href") == "/runs/smoke_vit_baseline_s1/review?decisions=assist,abstain"
     tab.wait_for_selector("#chart-reliability .scatterlayer")
     tab.wait_for_timeout(500)  # the last images decode
     tab.screenshot(path=str(screenshots / "run.png"), full_page=True)
@@ -296,14 +305,17 @@ def _inverted(content: bytes) -> bytes:
 
 
 def test_the_monitor_shows_served_answers_and_three_assist_answers_are_labelled_with_the_keyboard(
-    page: tuple[Any, Console], control_plane: ControlPlaneServer, screenshots: Path
+    page: tuple[Any, Console], control_plane: ControlPlaneServer, plane_smoke: dict[str, Any], screenshots: Path
 ) -> None:
+    """On the template's run (its policy has an assist band; the dashboard's own run has
+    none): the monitor of its recorded answers, then the Review page labels three with
+    the keyboard, exports them, and lists the abstentions and the audit sample."""
     import pyarrow.parquet as pq
 
     from tests.helpers.review import answer_and_record
 
     tab, console = page
-    http, api, run = control_plane.session(), control_plane.api, "smoke_vit_baseline_s1"
+    http, api, run = control_plane.session(), control_plane.api, plane_smoke["run"]
     run_dir = control_plane.runs / run
     images = [bytes(b) for b in pq.read_table(run_dir / "splits" / "val_test").to_pydict()["image"]]
     # The trained bundle's real answers, recorded as its Serve replica records them:
@@ -409,6 +421,14 @@ def test_the_monitor_shows_served_answers_and_three_assist_answers_are_labelled_
     if audit["contradicts_estimate"]:
         assert "confidently wrong" in tab.inner_text("#monitor-audit")
     tab.locator("#monitor-card").screenshot(path=str(screenshots / "monitor-audit.png"))
+
+    # Labels taken back leave the measurement: undone, the audit counts none of them.
+    for index, answer in enumerate(audited):
+        if answer.decision == "accept":
+            http.delete(f"{api}/runs/{run}/review/items/{item_id(version, 'audited', index)}",
+                        timeout=30).raise_for_status()
+    undone = http.get(f"{api}/runs/{run}/monitor", params={"window_s": 3600}, timeout=30).json()
+    assert undone["audited_accuracy"] is None and undone["measured_accuracy"]["n"] == 3
     console.check()
 
 
