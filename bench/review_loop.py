@@ -22,6 +22,7 @@ and an audit sample of what it accepted, and the next run trains on those labels
 
     python bench/review_loop.py --out bench/results/review_loop.json
     python bench/review_loop.py --audit-rate 0.25 --out bench/results/review_loop_audit25.json
+    python bench/review_loop.py --seed 1 --out bench/results/review_loop_s1.json
 """
 from __future__ import annotations
 
@@ -191,6 +192,8 @@ def main() -> None:
                         help="Most answers the simulated person labels (default: the whole queue).")
     parser.add_argument("--audit-rate", type=float, default=None,
                         help="decisions.audit_rate of the Serve app (default: its own default).")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="The runs' seed (splits, initialisation, shuffling): repeat the loop on other seeds.")
     parser.add_argument("--work", type=Path, default=None,
                         help="An empty or new directory for the runs, their decisions and reviews (default: a new "
                         "temporary one). Never a used one: earlier answers and labels would join this loop's.")
@@ -205,7 +208,8 @@ def main() -> None:
 
     started = time.monotonic()
     print("run A: the default config ...", flush=True)
-    before = run_case("A", PRESET, [], args.work / "runs")
+    seed = [f"seed={args.seed}"]
+    before = run_case("A", PRESET, seed, args.work / "runs")
     run_a = Run.under(args.work / "runs", before["run"])
     select, select_labels = split_rows(run_a, "val_select")
     train, train_labels = split_rows(run_a, "train")
@@ -219,7 +223,8 @@ def main() -> None:
     traffic = window_reports(run_a, args.work / "runs", sent, windows)
     print(f"  the person labelled {reviewed['labelled']} of {reviewed['queue']} queued answers", flush=True)
     print("run B: the default config plus the export ...", flush=True)
-    after = run_case("B", PRESET, [f"data.reviewed=[{reviewed['export']['path']}]"], args.work / "runs_reviewed")
+    after = run_case("B", PRESET, [*seed, f"data.reviewed=[{reviewed['export']['path']}]"],
+                     args.work / "runs_reviewed")
     run_b = Run.under(args.work / "runs_reviewed", after["run"])
     test, test_labels = split_rows(run_a, "val_test")
     turned = [quarter_turn(c) for c in test]
@@ -227,7 +232,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(time.monotonic() - started, 1),
-        "audit_rate": audit_rate, "run_a": before, "traffic": traffic, "review": reviewed,
+        "seed": args.seed, "audit_rate": audit_rate, "run_a": before, "traffic": traffic, "review": reviewed,
         "run_b": {**after, "splits_reviewed": run_b.stage_info("splits")["reviewed"]},
         "held_out": {
             "val_test": {"A": held_out(run_a, test, test_labels), "B": held_out(run_b, test, test_labels)},
