@@ -251,8 +251,7 @@ def test_a_failed_stage_is_in_the_log_and_ray_app_logs_prints_it(smoke_cli_run, 
     assert ends[0] == "exit 0" and ends[-1] == "failed (exit 2)" and len(ends) >= 2
 
     # A guardrail grid with no band the model can meet: the error gives the coverage the
-    # grid could reach and how to calibrate again; doing so keeps the training.
-    trained = meta["stages"]["train"]["finished"]
+    # grid could reach and how to calibrate again (the dashboard test does so by resuming).
     no_band = cli("calibrate", "smoke_vit_baseline_s0", "--root", str(copy), "-o", "calibration.policy=guardrail",
                   "-o", "calibration.guardrail.centers=[0.999]", "-o", "calibration.guardrail.widths=[0.0]")
     assert_user_error(no_band, "no band met max_assist_rate 0.2 and min_coverage 0.5 on val_calib: the most any band "
@@ -260,10 +259,6 @@ def test_a_failed_stage_is_in_the_log_and_ray_app_logs_prints_it(smoke_cli_run, 
                       "`ray-app calibrate smoke_vit_baseline_s0 -o calibration.<key>=<value>`")
     reached = int(re.search(r"within the assist limit was (\d+)%", no_band.stderr).group(1))
     assert reached < 50
-    again = cli("calibrate", "smoke_vit_baseline_s0", "--root", str(copy), "-o", "calibration.policy=guardrail")
-    assert again.returncode == 0, again.stderr[-3000:]
-    meta = json.loads((copy / "smoke_vit_baseline_s0" / "metadata.json").read_text())
-    assert meta["stages"]["calibrate"]["status"] == "complete" and meta["stages"]["train"]["finished"] == trained
 
 
 def test_missing_config_answers_at_once_without_heavy_imports(tmp_path: Path) -> None:

@@ -575,3 +575,45 @@ def test_families_and_templates_pages(page: tuple[Any, Console], plane_smoke: di
     tab.wait_for_selector("tr[data-template='dashboard-smoke']", state="detached")
     assert tab.locator(f"tr[data-template='{plane_smoke['template']}']").count() == 1
     console.check()
+
+
+def test_a_run_whose_calibration_found_nothing_is_calibrated_again_without_training(
+    page: tuple[Any, Console], control_plane: ControlPlaneServer, screenshots: Path
+) -> None:
+    """The dashboard's run resumed with a coverage no band of its grid can meet fails at
+    calibrate, its training kept; the run page says so and links the launch form loaded
+    with the run's own config, where a workable coverage and "resume" calibrate the same
+    model again: the train stage is not run a second time."""
+    tab, console = page
+    http, api, run = control_plane.session(), control_plane.api, "smoke_vit_baseline_s1"
+    trained = http.get(f"{api}/runs/{run}", timeout=10).json()["stages"]["train"]["finished"]
+    resumed = http.post(f"{api}/runs/{run}/rerun", json={"on_exists": "resume",
+                                                         "overrides": ["calibration.guardrail.min_coverage=0.99"]},
+                        timeout=60)
+    assert resumed.status_code == 201 and resumed.json()["run"] == run, resumed.text
+    tab.goto(f"/runs/{run}")
+    tab.wait_for_selector("#run-status.status-failed", timeout=TRAINING_TIMEOUT_MS)
+    tab.wait_for_selector("#recalibrate:not([hidden])")
+    assert "no band met max_assist_rate 0.2 and min_coverage 0.99" in tab.inner_text("#run-message")
+    tab.screenshot(path=str(screenshots / "run-calibration-failed.png"), clip={"x": 0, "y": 0, "width": 1400, "height": 300})
+
+    tab.click("#recalibrate-link")
+    tab.wait_for_function(f"document.getElementById('source-name').textContent === 'run {run}'")
+    assert tab.input_value("[data-key='calibration.guardrail.min_coverage']") == "0.99"
+    assert tab.input_value("[data-key='calibration.guardrail.widths']") == "0"  # as the run recorded it
+    tab.wait_for_selector("#exists:not([hidden])")
+    assert "the same config" in tab.inner_text("#exists-text")
+    tab.fill("[data-key='calibration.guardrail.min_coverage']", "0.5")
+    tab.wait_for_function("document.getElementById('exists-text').textContent.includes('a different config')")
+    tab.check("#exists input[value=resume]")
+    assert tab.inner_text("#run-name") == f"will resume run {run}"
+    tab.click("#launch")
+    tab.wait_for_url(re.compile(rf"/runs/{run}$"))
+    tab.wait_for_selector("#run-status.status-succeeded", timeout=TRAINING_TIMEOUT_MS)
+    assert tab.is_hidden("#recalibrate")
+    detail = http.get(f"{api}/runs/{run}", timeout=10).json()
+    assert detail["stages"]["train"]["finished"] == trained  # the same model, not trained again
+    assert detail["stages"]["calibrate"]["status"] == detail["stages"]["export"]["status"] == "complete"
+    assert detail["config"]["calibration"]["guardrail"]["min_coverage"] == 0.5
+    console.expect_rejected(422)  # the live name preview may meet the form mid-edit
+    console.check()

@@ -239,8 +239,16 @@ function schedulePreview(event) {
   previewTimer = setTimeout(() => preview().catch((error) => toast(error.message, "error")), 250);
 }
 
+// A source is a template, a preset, or a run's own recorded config (to change it and
+// resume that run, e.g. a run whose calibration found no policy: its training is kept).
+async function sourceConfig(kind, name) {
+  if (kind === "template") return api(`/templates/${encodeURIComponent(name)}`);
+  if (kind === "run") return { config: (await api(`/runs/${encodeURIComponent(name)}`)).config, description: "the config this run recorded" };
+  return { config: await api(`/presets/${encodeURIComponent(name)}`) };
+}
+
 async function loadSource(kind, name) {
-  const base = kind === "template" ? (await api(`/templates/${encodeURIComponent(name)}`)) : { config: await api(`/presets/${encodeURIComponent(name)}`) };
+  const base = await sourceConfig(kind, name);
   state.source = { kind, name };
   state.base = base.config;
   const resolved = await api("/configs/resolve", { method: "POST", body: { config: state.base } });
@@ -250,9 +258,9 @@ async function loadSource(kind, name) {
   const family = familyOf(backbone);
   await showFamily(family, family === "pretrained" ? { path: backbone.id } : Object.fromEntries(
     Object.entries(backbone.config || {}).filter(([k]) => k !== "model_type")));
-  picker.value = `${kind}:${name}`;
+  picker.value = kind === "run" ? "" : `${kind}:${name}`;
   document.getElementById("source-loaded").hidden = false;
-  document.getElementById("source-name").textContent = `${kind === "template" ? "template" : "preset"} ${name}`;
+  document.getElementById("source-name").textContent = `${kind} ${name}`;
   document.getElementById("source-description").textContent = base.description || "";
   state.run = resolved.run;
   showExisting(resolved.existing || null);
@@ -402,6 +410,7 @@ form.addEventListener("submit", (event) => {
 
 const wanted = new URLSearchParams(location.search);
 if (wanted.get("template")) await loadSource("template", wanted.get("template"));
+else if (wanted.get("run")) await loadSource("run", wanted.get("run"));
 else await clearSource(defaults);
 if (wanted.get("family") && wanted.get("family") !== state.family) {
   await showFamily(wanted.get("family"), shownParams());

@@ -31,6 +31,9 @@ function showDetail(run) {
   message.textContent = run.message || "";
   // Only a failure is an error; a job's "currently running" is news, not a problem.
   message.className = run.status === "failed" ? "errors" : "notice";
+  const trained = run.stages.train && run.stages.train.status === "complete";
+  document.getElementById("recalibrate").hidden = !(run.status === "failed" && trained
+    && run.stages.calibrate && run.stages.calibrate.status === "failed");
   if (!chartsDrawn) showNoEpochs(run.status);
   if (logLines !== null) showLogEmpty();
   const timeline = document.getElementById("timeline");
