@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from calibration.config import CalibrationConfig, GuardrailConfig
-from calibration.guardrail import tune_guardrail
+from calibration.guardrail import tune_guardrail, within_assist_limit
 from calibration.metrics import calibration_summary, probabilities
 from calibration.policy import Policy
 from calibration.risk_control import learn_then_test
@@ -127,10 +127,11 @@ def _no_feasible_band(band: dict[str, Any]) -> str:
     """Why the guardrail found no band, with the most the grid could accept within the
     assist limit: the number a person needs to choose a min_coverage that works."""
     limit, wanted = band["max_assist_rate"], band["min_coverage"]
-    within = [row for row in band["results"] if row["assist_rate"] <= limit + 1e-12]
-    reach = (f"the most any band accepted within the assist limit was {max(r['coverage'] for r in within):.0%} "
-             "(center {center:g}, width {width:g})".format(**max(within, key=lambda r: r["coverage"]))
-             if within else "every band of the grid sent more than that to a person")
+    within = [row for row in band["results"] if within_assist_limit(row["assist_rate"], limit)]
+    widest = max(within, key=lambda row: row["coverage"], default=None)
+    reach = (f"the most any band accepted within the assist limit was {widest['coverage']:.0%} "
+             f"(center {widest['center']:g}, width {widest['width']:g})"
+             if widest else "every band of the grid sent more than that to a person")
     return (f"policy guardrail: no band met max_assist_rate {limit:g} and min_coverage {wanted:g} on val_calib: "
             f"{reach}. The model is unsure of too much of val_calib: lower calibration.guardrail.min_coverage "
             "or the lowest of calibration.guardrail.centers, raise max_assist_rate, or train a surer model")

@@ -31,6 +31,12 @@ def guardrail_decisions(confidence: np.ndarray, center: float, width: float) -> 
     return np.where(confidence >= high, ACCEPT, np.where(confidence >= low, ASSIST, ABSTAIN))
 
 
+def within_assist_limit(assist_rate: float, max_assist_rate: float) -> bool:
+    """The band sends no more than the limit to a person (a rate equal to it, up to
+    rounding, counts as within)."""
+    return assist_rate <= max_assist_rate + 1e-12
+
+
 def guardrail_metrics(
     confidence: np.ndarray,
     correct: np.ndarray,
@@ -46,7 +52,7 @@ def guardrail_metrics(
     coverage = float(accepted.mean())
     assist_rate = float(assisted.mean())
     accepted_accuracy = float(correct[accepted].mean()) if accepted.any() else 0.0
-    feasible = assist_rate <= max_assist_rate + 1e-12 and coverage >= min_coverage - 1e-12
+    feasible = within_assist_limit(assist_rate, max_assist_rate) and coverage >= min_coverage - 1e-12
     return {
         "center": float(center),
         "width": float(width),
